@@ -1,0 +1,3 @@
+from citytel.cli import main
+
+raise SystemExit(main())

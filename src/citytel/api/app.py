@@ -1,0 +1,99 @@
+"""The FastAPI application: lifespan, error mapping and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from citytel import __version__
+from citytel.api.routes import containers, health, parking, zones
+from citytel.config import Settings
+from citytel.errors import (
+    InvalidQueryError,
+    NotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from citytel.storage.pool import wait_for_pool
+
+log = logging.getLogger(__name__)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    where = {"query": "query parameter", "path": "path parameter", "body": "body field"}
+    if len(loc) >= 2 and loc[0] in where:
+        return f"{where[str(loc[0])]} '{'.'.join(str(p) for p in loc[1:])}'"
+    return ".".join(str(p) for p in loc)
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    errors = [
+        {"parameter": _location(tuple(e["loc"])), "message": str(e["msg"])} for e in exc.errors()
+    ]
+    detail = "; ".join(f"{e['parameter']}: {e['message']}" for e in errors)
+    return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
+
+
+async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    # One place decides the status of every domain error.
+    if isinstance(exc, NotFoundError):
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+    if isinstance(exc, InvalidQueryError):
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+    if isinstance(exc, TransientStorageError):
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the database is unavailable; retry shortly"},
+            headers={"Retry-After": "2"},
+        )
+    log.error("storage error: %s", exc)
+    return JSONResponse(status_code=500, content={"detail": "internal storage error"})
+
+
+def create_app(settings: Settings, *, database_url: str | None = None) -> FastAPI:
+    """Build the API for ``settings``; the pool is opened by the lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        app.state.pool = None
+
+        async def connect() -> None:
+            app.state.pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
+
+        # The API starts even while the database is away: /healthz answers, /readyz says why
+        # it is not ready, and data routes answer 503 until the pool exists.
+        connecting = asyncio.create_task(connect())
+        try:
+            yield
+        finally:
+            stop.set()
+            await connecting
+            if app.state.pool is not None:
+                await app.state.pool.close()
+
+    app = FastAPI(
+        title="citytel",
+        version=__version__,
+        summary="Waste-container fill levels and parking occupancy for a city, live.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.pool = None
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(NotFoundError, _domain_error)
+    app.add_exception_handler(InvalidQueryError, _domain_error)
+    app.add_exception_handler(StorageError, _domain_error)
+    app.include_router(health.router)
+    app.include_router(containers.router)
+    app.include_router(parking.router)
+    app.include_router(zones.router)
+    return app

@@ -1,0 +1,30 @@
+"""Dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+
+from citytel.config import Settings
+from citytel.errors import TransientStorageError
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    """The database pool, or 503 while the database has not been reached yet."""
+    pool: asyncpg.Pool | None = request.app.state.pool
+    if pool is None:
+        message = "the database is not reachable yet; retry shortly"
+        raise TransientStorageError(message)
+    return pool
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]

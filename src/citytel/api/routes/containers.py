@@ -1,0 +1,161 @@
+"""Waste containers: the fullest first, one container, its history."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Query
+
+from citytel.api.deps import PoolDep
+from citytel.api.schemas import (
+    BucketPublic,
+    ContainerPage,
+    ContainerPublic,
+    ContainerReadings,
+    Location,
+    ReadingPublic,
+)
+from citytel.errors import InvalidQueryError
+from citytel.storage import queries
+from citytel.storage.queries import BBox
+
+router = APIRouter(prefix="/v1/containers", tags=["containers"])
+
+_BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_BUCKETS = 10_000
+DEFAULT_RANGE = timedelta(hours=24)
+
+
+def container_public(row: asyncpg.Record) -> ContainerPublic:
+    """The public shape of a container row."""
+    return ContainerPublic(
+        id=row["id"],
+        zone=row["zone"],
+        location=Location(lat=row["lat"], lon=row["lon"]),
+        capacity_l=row["capacity_l"],
+        depth_mm=row["depth_mm"],
+        waste_kind=row["waste_kind"],
+        fill_pct=row["fill_pct"],
+        battery_pct=row["battery_pct"],
+        temperature_c=row["temperature_c"],
+        measured_at=row["measured_at"],
+        last_seen=row["last_seen"],
+    )
+
+
+def parse_bbox(raw: str) -> BBox:
+    """``min_lon,min_lat,max_lon,max_lat`` as a box, or InvalidQueryError saying what is wrong."""
+    parts = raw.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        message = f"bbox must be four numbers min_lon,min_lat,max_lon,max_lat; got {raw!r}"
+        raise InvalidQueryError(message)
+    box = BBox(*values)
+    if not (-180 <= box.min_lon < box.max_lon <= 180):
+        message = "bbox longitudes must satisfy -180 <= min_lon < max_lon <= 180"
+        raise InvalidQueryError(message)
+    if not (-90 <= box.min_lat < box.max_lat <= 90):
+        message = "bbox latitudes must satisfy -90 <= min_lat < max_lat <= 90"
+        raise InvalidQueryError(message)
+    return box
+
+
+def parse_bucket(raw: str) -> timedelta:
+    """``30s``, ``15m``, ``1h``, ``1d`` as a duration, or InvalidQueryError."""
+    match = _BUCKET.match(raw.strip())
+    if match is None or int(match.group(1)) == 0:
+        message = (
+            f"bucket must be a positive whole number of s, m, h or d, like 15m or 1h; got {raw!r}"
+        )
+        raise InvalidQueryError(message)
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        message = f"'{name}' must include a UTC offset, like 2026-05-01T08:00:00Z"
+        raise InvalidQueryError(message)
+    return value
+
+
+@router.get("", response_model=ContainerPage)
+async def list_containers(
+    pool: PoolDep,
+    zone: Annotated[str | None, Query(description="only this zone")] = None,
+    min_fill_pct: Annotated[
+        float | None, Query(ge=0, le=100, description="only containers at least this full")
+    ] = None,
+    bbox: Annotated[
+        str | None,
+        Query(description="min_lon,min_lat,max_lon,max_lat", examples=["-7.65,33.55,-7.55,33.62"]),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> ContainerPage:
+    """Containers, fullest first, filtered by zone, fill level and bounding box."""
+    box = parse_bbox(bbox) if bbox is not None else None
+    rows, total = await queries.list_containers(
+        pool, zone=zone, min_fill_pct=min_fill_pct, bbox=box, limit=limit, offset=offset
+    )
+    next_offset = offset + limit if offset + limit < total else None
+    return ContainerPage(
+        items=[container_public(r) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=next_offset,
+    )
+
+
+@router.get("/{container_id}", response_model=ContainerPublic, responses={404: {}})
+async def get_container(pool: PoolDep, container_id: str) -> ContainerPublic:
+    """One container: latest fill, battery, last seen, location and zone."""
+    return container_public(await queries.get_container(pool, container_id))
+
+
+@router.get(
+    "/{container_id}/readings",
+    response_model=ContainerReadings,
+    response_model_exclude_none=True,
+    response_model_by_alias=True,
+    responses={404: {}},
+)
+async def container_readings(
+    pool: PoolDep,
+    container_id: str,
+    start: Annotated[
+        datetime | None, Query(alias="from", description="start, inclusive (default: to - 24 h)")
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(alias="to", description="end, exclusive (default: now)")
+    ] = None,
+    bucket: Annotated[str | None, Query(description="average per bucket, like 15m, 1h, 1d")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="raw readings at most")] = 1000,
+) -> ContainerReadings:
+    """A container's fill readings over time, raw or averaged per time bucket."""
+    end = _aware(end, "to") if end is not None else datetime.now(UTC)
+    start = _aware(start, "from") if start is not None else end - DEFAULT_RANGE
+    if start >= end:
+        message = f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
+        raise InvalidQueryError(message)
+    step = parse_bucket(bucket) if bucket is not None else None
+    if step is not None and (end - start) / step > MAX_BUCKETS:
+        message = f"{bucket} buckets over this range make more than {MAX_BUCKETS}; widen the bucket"
+        raise InvalidQueryError(message)
+    rows = await queries.container_readings(
+        pool, container_id, start=start, end=end, bucket=step, limit=limit
+    )
+    result = ContainerReadings(container_id=container_id, start=start, end=end, bucket=bucket)
+    if step is None:
+        result.readings = [ReadingPublic(**dict(r)) for r in rows]
+    else:
+        result.buckets = [BucketPublic(**dict(r)) for r in rows]
+    return result

@@ -1,0 +1,46 @@
+"""Zones: the city's districts at a glance."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from citytel.api.deps import PoolDep
+from citytel.api.schemas import FullContainer, ZonePublic, ZoneSummary
+from citytel.storage import queries
+
+router = APIRouter(prefix="/v1/zones", tags=["zones"])
+
+
+@router.get("", response_model=list[ZonePublic])
+async def list_zones(pool: PoolDep) -> list[ZonePublic]:
+    """Every zone with its number of containers and spots."""
+    return [ZonePublic(**dict(r)) for r in await queries.list_zones(pool)]
+
+
+@router.get("/{zone}", response_model=ZoneSummary, responses={404: {}})
+async def zone_summary(
+    pool: PoolDep,
+    zone: str,
+    threshold_pct: Annotated[
+        float, Query(ge=0, le=100, description="containers at least this full are listed")
+    ] = 80,
+) -> ZoneSummary:
+    """Containers over a threshold, mean fill, and free and total spots of one zone."""
+    summary = await queries.zone_summary(pool, zone, threshold_pct=threshold_pct)
+    containers, spots = summary.containers, summary.spots
+    return ZoneSummary(
+        zone=zone,
+        threshold_pct=threshold_pct,
+        containers_total=containers["containers_total"],
+        containers_reporting=containers["containers_reporting"],
+        mean_fill_pct=containers["mean_fill_pct"],
+        containers_over_threshold=[
+            FullContainer(id=r["id"], fill_pct=r["fill_pct"]) for r in summary.full
+        ],
+        spots_total=spots["spots_total"],
+        spots_free=spots["spots_free"],
+        spots_occupied=spots["spots_occupied"],
+        spots_unknown=spots["spots_unknown"],
+    )

@@ -1,0 +1,145 @@
+"""What the API returns, named for what each thing is."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Location(BaseModel):
+    """A WGS 84 point."""
+
+    lat: float
+    lon: float
+
+
+class ContainerPublic(BaseModel):
+    """A waste container and its latest known state."""
+
+    id: str
+    zone: str
+    location: Location
+    capacity_l: int
+    depth_mm: int
+    waste_kind: str
+    fill_pct: float | None = Field(description="latest fill level, 0-100; null before any reading")
+    battery_pct: float | None
+    temperature_c: float | None
+    measured_at: datetime | None = Field(description="when the latest fill level was measured")
+    last_seen: datetime | None = Field(description="when the sensor was last heard from")
+
+
+class ContainerPage(BaseModel):
+    """One page of containers, fullest first."""
+
+    items: list[ContainerPublic]
+    total: int = Field(description="how many containers match the filters in all")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last page")
+
+
+class ReadingPublic(BaseModel):
+    """One fill-level reading."""
+
+    ts: datetime
+    fill_pct: float
+    battery_pct: float | None
+    temperature_c: float | None
+
+
+class BucketPublic(BaseModel):
+    """Readings of one time bucket, averaged."""
+
+    ts: datetime = Field(description="start of the bucket")
+    fill_pct: float = Field(description="mean fill level in the bucket")
+    min_fill_pct: float
+    max_fill_pct: float
+    battery_pct: float | None
+    temperature_c: float | None
+    readings: int
+
+
+class ContainerReadings(BaseModel):
+    """A container's history over a time range."""
+
+    container_id: str
+    start: datetime = Field(serialization_alias="from")
+    end: datetime = Field(serialization_alias="to")
+    bucket: str | None
+    readings: list[ReadingPublic] | None = None
+    buckets: list[BucketPublic] | None = None
+
+
+class SpotPublic(BaseModel):
+    """A parking spot and its latest known state."""
+
+    id: str
+    zone: str
+    category: str
+    location: Location
+    status: Literal["free", "occupied", "unknown"]
+    status_since: datetime | None = Field(description="time of the reading that set the status")
+    battery_pct: float | None
+    last_seen: datetime | None
+
+
+class FreeSpot(SpotPublic):
+    """A free spot and how far it is."""
+
+    distance_m: float
+
+
+class FreeSpots(BaseModel):
+    """The nearest free spots to a point, nearest first."""
+
+    items: list[FreeSpot]
+    lat: float
+    lon: float
+    radius_m: float
+
+
+class FullContainer(BaseModel):
+    """A container over the zone threshold."""
+
+    id: str
+    fill_pct: float
+
+
+class ZoneSummary(BaseModel):
+    """A zone at a glance."""
+
+    zone: str
+    threshold_pct: float
+    containers_total: int
+    containers_reporting: int
+    mean_fill_pct: float | None
+    containers_over_threshold: list[FullContainer]
+    spots_total: int
+    spots_free: int
+    spots_occupied: int
+    spots_unknown: int
+
+
+class ZonePublic(BaseModel):
+    """A zone and what it holds."""
+
+    zone: str
+    containers: int
+    spots: int
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class Problem(BaseModel):
+    """An error: what went wrong, in a sentence, and details by parameter when there are some."""
+
+    detail: str
+    errors: list[dict[str, str]] = Field(default_factory=list)

@@ -1,0 +1,79 @@
+"""Settings, read once from the environment (prefix ``CITYTEL_``) and passed down."""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from citytel.errors import ConfigurationError
+
+
+def _default_client_id() -> str:
+    # The host name is stable across restarts of a process on the same host, pod (StatefulSet) or
+    # container name, which is what lets a restarted worker resume its own persistent session.
+    return f"citytel-ingest-{socket.gethostname()}"
+
+
+class Settings(BaseSettings):
+    """Everything citytel can be told from outside. Defaults work on a local developer machine."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYTEL_", extra="ignore")
+
+    database_url: SecretStr = SecretStr("postgresql://postgres:postgres@127.0.0.1:5432/citytel")
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128)
+    mqtt_topic_root: str = "citytel/v1"
+    mqtt_share_group: str = "citytel"
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)
+    mqtt_keepalive_s: int = Field(default=30, ge=5)
+
+    ingest_batch_size: int = Field(default=1000, ge=1)
+    ingest_flush_ms: int = Field(default=100, ge=1)
+    ingest_max_future_s: int = Field(default=300, ge=0)
+    ingest_stats_interval_s: float = Field(default=30.0, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    api_max_radius_m: float = Field(default=5000.0, gt=0)
+
+    timescale_chunk_interval: str = "7 days"
+    timescale_compress_after: str = "7 days"
+    timescale_retention: str = "400 days"
+
+    fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
+    log_level: str = "INFO"
+
+    @field_validator("mqtt_topic_root")
+    @classmethod
+    def _topic_root_has_no_wildcards(cls, value: str) -> str:
+        if any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+            message = (
+                "mqtt_topic_root must be a plain topic prefix without wildcards or edge slashes"
+            )
+            raise ValueError(message)
+        return value
+
+    @property
+    def mqtt_host_port(self) -> tuple[str, int]:
+        """The broker's host and port from ``mqtt_url`` (``mqtt://host:port``)."""
+        parts = urlsplit(self.mqtt_url)
+        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+            message = f"CITYTEL_MQTT_URL must look like mqtt://host:1883, got {self.mqtt_url!r}"
+            raise ConfigurationError(message)
+        return parts.hostname, parts.port or 1883
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, built on first use."""
+    return Settings()

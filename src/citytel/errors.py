@@ -1,0 +1,49 @@
+"""The errors citytel raises, in one small hierarchy."""
+
+from __future__ import annotations
+
+from citytel.domain import Reason
+
+
+class CitytelError(Exception):
+    """Base class of every error citytel raises on purpose."""
+
+
+class ConfigurationError(CitytelError):
+    """The settings or a file they point to cannot be used."""
+
+
+class RejectedMessage(CitytelError):
+    """An MQTT message that cannot become readings; it goes to the dead-letter store.
+
+    Attributes:
+        reason: a stable code (``invalid_json``, ``out_of_range``, ...) to filter and count by.
+        detail: a sentence a person can act on.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: Reason = reason
+        self.detail = detail
+
+
+class StorageError(CitytelError):
+    """The database refused or failed an operation."""
+
+
+class TransientStorageError(StorageError):
+    """A database failure that goes away by itself: reconnect and retry."""
+
+
+class NotFoundError(CitytelError):
+    """A container, spot or zone that citytel does not know."""
+
+    def __init__(self, what: str, key: str) -> None:
+        message = f"no {what} with id {key!r}"
+        super().__init__(message)
+        self.what = what
+        self.key = key
+
+
+class InvalidQueryError(CitytelError):
+    """A request whose parameters are well-formed but make no sense together."""

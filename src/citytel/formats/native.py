@@ -1,0 +1,200 @@
+"""citytel's own JSON payload: one reading object, or an array of readings of one device.
+
+The pydantic models here are the contract: ingestion validates with them and the simulators
+serialise with them, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from citytel.domain import DeviceKind, ParkingReading, Reading, Reason, WasteReading
+from citytel.errors import RejectedMessage
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_READINGS_PER_MESSAGE = 1000
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
+
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+
+
+_TS_TYPE_ERROR = "ts_type"
+_TS_VALUE_ERROR = "ts_value"
+_TS_TYPE = "must be an RFC 3339 string with offset or integer epoch milliseconds"
+
+
+def _parse_ts(value: Any) -> datetime:
+    # Integers are epoch milliseconds; strings are RFC 3339 with an explicit offset. Anything
+    # else, floats included, is ambiguous and refused rather than guessed at.
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise PydanticCustomError(
+                _TS_VALUE_ERROR,
+                "ts {ts} is not a representable epoch-milliseconds time",
+                {"ts": value},
+            ) from exc
+    if not isinstance(value, str):
+        raise PydanticCustomError(_TS_TYPE_ERROR, _TS_TYPE)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise PydanticCustomError(
+            _TS_VALUE_ERROR, "ts '{ts}' is not an RFC 3339 timestamp", {"ts": value}
+        ) from exc
+    if parsed.tzinfo is None:
+        raise PydanticCustomError(
+            _TS_VALUE_ERROR, "ts '{ts}' has no UTC offset; add 'Z' or '+01:00'", {"ts": value}
+        )
+    return parsed.astimezone(UTC)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    ts: datetime
+    battery_pct: Percent | None = None
+
+    @field_validator("ts", mode="plain")
+    @classmethod
+    def _ts(cls, value: Any) -> datetime:
+        return _parse_ts(value)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object this payload is sent as."""
+        body = self.model_dump(exclude_none=True)
+        body["ts"] = self.ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return body
+
+
+class WastePayload(_Payload):
+    """A fill-level reading as a gateway publishes it."""
+
+    fill_pct: Percent
+    temperature_c: Annotated[float, Field(ge=-60, le=120, allow_inf_nan=False)] | None = None
+
+
+class ParkingPayload(_Payload):
+    """An occupancy reading as a gateway publishes it."""
+
+    occupied: bool
+
+
+_MODELS: dict[DeviceKind, type[_Payload]] = {
+    DeviceKind.WASTE: WastePayload,
+    DeviceKind.PARKING: ParkingPayload,
+}
+
+
+def encode_native(payloads: Sequence[WastePayload | ParkingPayload]) -> bytes:
+    """Serialise one payload as an object, or several as an array."""
+    bodies = [p.wire() for p in payloads]
+    return json.dumps(bodies[0] if len(bodies) == 1 else bodies, separators=(",", ":")).encode()
+
+
+def _describe(error: ValidationError, index: int | None) -> RejectedMessage:
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "payload"
+    where = f"reading {index}: " if index is not None else ""
+    if first["type"] == "missing":
+        return RejectedMessage(Reason.MISSING_FIELD, f"{where}required field {field!r} is missing")
+    if first["type"] in {"greater_than_equal", "less_than_equal", "finite_number"}:
+        got = first.get("input")
+        return RejectedMessage(Reason.OUT_OF_RANGE, f"{where}{field}={got!r}: {first['msg']}")
+    if first["type"] == _TS_VALUE_ERROR:
+        return RejectedMessage(Reason.BAD_TIMESTAMP, f"{where}{first['msg']}")
+    return RejectedMessage(Reason.WRONG_TYPE, f"{where}{field}: {first['msg']}")
+
+
+def _check_window(ts: datetime, now: datetime, max_future: timedelta, index: int | None) -> None:
+    where = f"reading {index}: " if index is not None else ""
+    if ts < EARLIEST_TS:
+        detail = f"{where}ts {ts.isoformat()} is before 2000-01-01; is the sensor clock set?"
+        raise RejectedMessage(Reason.BAD_TIMESTAMP, detail)
+    if ts > now + max_future:
+        detail = (
+            f"{where}ts {ts.isoformat()} is {(ts - now).total_seconds():.0f} s in the future "
+            f"(at most {max_future.total_seconds():.0f} s is tolerated)"
+        )
+        raise RejectedMessage(Reason.BAD_TIMESTAMP, detail)
+
+
+def decode_native(
+    kind: DeviceKind,
+    device_id: str,
+    payload: bytes,
+    *,
+    now: datetime,
+    max_future: timedelta,
+) -> list[Reading]:
+    """Turn a native payload into readings of ``device_id``.
+
+    The message is taken or refused whole: one bad reading in an array refuses all of it, so a
+    dead letter can be replayed as the unit it arrived as.
+
+    Raises:
+        RejectedMessage: with a reason code and a sentence saying what is wrong.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        detail = f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}"
+        raise RejectedMessage(Reason.PAYLOAD_TOO_LARGE, detail)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        detail = f"payload is not UTF-8 (byte {exc.start}: {exc.reason})"
+        raise RejectedMessage(Reason.NOT_UTF8, detail) from exc
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        detail = f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise RejectedMessage(Reason.INVALID_JSON, detail) from exc
+
+    if isinstance(body, dict):
+        items: list[Any] = [body]
+        indexed = False
+    elif isinstance(body, list) and body:
+        items = body
+        indexed = True
+    else:
+        detail = "payload must be a JSON object or a non-empty array of objects"
+        raise RejectedMessage(Reason.WRONG_TYPE, detail)
+    if len(items) > MAX_READINGS_PER_MESSAGE:
+        detail = f"{len(items)} readings in one message; the limit is {MAX_READINGS_PER_MESSAGE}"
+        raise RejectedMessage(Reason.PAYLOAD_TOO_LARGE, detail)
+
+    model = _MODELS[kind]
+    readings: list[Reading] = []
+    for position, item in enumerate(items):
+        index = position if indexed else None
+        if not isinstance(item, dict):
+            detail = f"reading {position} is a {type(item).__name__}, not a JSON object"
+            raise RejectedMessage(Reason.WRONG_TYPE, detail)
+        try:
+            parsed = model.model_validate(item)
+        except ValidationError as exc:
+            raise _describe(exc, index) from exc
+        _check_window(parsed.ts, now, max_future, index)
+        readings.append(_to_reading(device_id, parsed))
+    return readings
+
+
+def _to_reading(device_id: str, parsed: _Payload) -> Reading:
+    if isinstance(parsed, WastePayload):
+        return WasteReading(
+            container_id=device_id,
+            ts=parsed.ts,
+            fill_pct=parsed.fill_pct,
+            battery_pct=parsed.battery_pct,
+            temperature_c=parsed.temperature_c,
+        )
+    assert isinstance(parsed, ParkingPayload)  # noqa: S101 - _MODELS holds only these two
+    return ParkingReading(
+        spot_id=device_id, ts=parsed.ts, occupied=parsed.occupied, battery_pct=parsed.battery_pct
+    )

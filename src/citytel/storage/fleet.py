@@ -1,0 +1,146 @@
+"""Importing the registry of containers and spots from a GeoJSON FeatureCollection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from citytel.errors import ConfigurationError
+from citytel.formats.topics import is_valid_id
+from citytel.storage.pool import connection
+
+UPSERT_CONTAINERS = """
+INSERT INTO containers AS c (id, location, zone, capacity_l, depth_mm, waste_kind)
+SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, capacity_l, depth_mm,
+       waste_kind
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::int[], $6::int[], $7::text[])
+    AS f(id, lon, lat, zone, capacity_l, depth_mm, waste_kind)
+ON CONFLICT (id) DO UPDATE SET
+    location = EXCLUDED.location, zone = EXCLUDED.zone, capacity_l = EXCLUDED.capacity_l,
+    depth_mm = EXCLUDED.depth_mm, waste_kind = EXCLUDED.waste_kind, updated_at = now()
+"""
+
+UPSERT_SPOTS = """
+INSERT INTO parking_spots AS s (id, location, zone, category)
+SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, category
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[])
+    AS f(id, lon, lat, zone, category)
+ON CONFLICT (id) DO UPDATE SET
+    location = EXCLUDED.location, zone = EXCLUDED.zone, category = EXCLUDED.category,
+    updated_at = now()
+"""
+
+
+@dataclass(frozen=True)
+class FleetImport:
+    """How many of each kind a fleet file held."""
+
+    containers: int
+    spots: int
+
+
+@dataclass(frozen=True)
+class _Feature:
+    kind: str
+    id: str
+    lon: float
+    lat: float
+    zone: str
+    props: dict[str, Any]
+
+
+def _feature(index: int, raw: Any) -> _Feature:
+    where = f"feature {index}"
+    if not isinstance(raw, dict) or raw.get("type") != "Feature":
+        message = f"{where} is not a GeoJSON Feature"
+        raise ConfigurationError(message)
+    geometry = raw.get("geometry") or {}
+    coordinates = geometry.get("coordinates")
+    if geometry.get("type") != "Point" or not isinstance(coordinates, list) or len(coordinates) < 2:
+        message = f"{where} must have a Point geometry [lon, lat]"
+        raise ConfigurationError(message)
+    lon, lat = coordinates[0], coordinates[1]
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in (lon, lat)):
+        message = f"{where}: coordinates must be numbers"
+        raise ConfigurationError(message)
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        message = f"{where}: [lon, lat] = [{lon}, {lat}] is outside the globe; is it swapped?"
+        raise ConfigurationError(message)
+    props = raw.get("properties") or {}
+    kind, ident, zone = props.get("kind"), props.get("id"), props.get("zone")
+    if kind not in {"waste_container", "parking_spot"}:
+        message = f"{where}: properties.kind must be 'waste_container' or 'parking_spot'"
+        raise ConfigurationError(message)
+    if not isinstance(ident, str) or not is_valid_id(ident):
+        message = f"{where}: properties.id {ident!r} is not a valid id"
+        raise ConfigurationError(message)
+    if not isinstance(zone, str) or not zone:
+        message = f"{where} ({ident}): properties.zone is required"
+        raise ConfigurationError(message)
+    return _Feature(kind, ident, float(lon), float(lat), zone, props)
+
+
+def _positive_int(feature: _Feature, name: str) -> int:
+    value = feature.props.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        message = f"container {feature.id}: properties.{name} must be a positive integer"
+        raise ConfigurationError(message)
+    return value
+
+
+def parse_fleet(document: Any) -> tuple[list[_Feature], list[_Feature]]:
+    """Containers and spots of a FeatureCollection, checked.
+
+    Raises:
+        ConfigurationError: saying which feature is wrong and how.
+    """
+    if not isinstance(document, dict) or document.get("type") != "FeatureCollection":
+        message = "a fleet file must be a GeoJSON FeatureCollection"
+        raise ConfigurationError(message)
+    features = [_feature(i, raw) for i, raw in enumerate(document.get("features") or [])]
+    containers = [f for f in features if f.kind == "waste_container"]
+    spots = [f for f in features if f.kind == "parking_spot"]
+    for group in (containers, spots):
+        ids = [f.id for f in group]
+        if len(set(ids)) != len(ids):
+            message = "a fleet file lists the same id twice"
+            raise ConfigurationError(message)
+    return containers, spots
+
+
+async def import_fleet(pool: asyncpg.Pool, path: Path) -> FleetImport:
+    """Upsert every container and spot of a GeoJSON file, in one transaction."""
+    try:
+        document = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        message = f"cannot read fleet file {path}: {exc}"
+        raise ConfigurationError(message) from exc
+    containers, spots = parse_fleet(document)
+    async with connection(pool) as conn, conn.transaction():
+        if containers:
+            await conn.execute(
+                UPSERT_CONTAINERS,
+                [f.id for f in containers],
+                [f.lon for f in containers],
+                [f.lat for f in containers],
+                [f.zone for f in containers],
+                [_positive_int(f, "capacity_l") for f in containers],
+                [_positive_int(f, "depth_mm") for f in containers],
+                [str(f.props.get("waste_kind") or "mixed") for f in containers],
+            )
+        if spots:
+            await conn.execute(
+                UPSERT_SPOTS,
+                [f.id for f in spots],
+                [f.lon for f in spots],
+                [f.lat for f in spots],
+                [f.zone for f in spots],
+                [str(f.props.get("category") or "standard") for f in spots],
+            )
+    return FleetImport(containers=len(containers), spots=len(spots))

@@ -1,0 +1,257 @@
+"""Schema migrations: numbered SQL files, each applied once and recorded.
+
+Migrations run through psycopg, synchronously: they happen once at deployment, not on a hot path,
+and some TimescaleDB statements must run outside a transaction, which a plain synchronous
+autocommit connection makes easy to express.
+
+A file may start with directive comments:
+
+- ``-- citytel: requires timescaledb``: applied only where the extension can be loaded, and retried
+  on every run until it has been, so that installing TimescaleDB later upgrades in place.
+- ``-- citytel: no-transaction``: run statement by statement in autocommit (needed for continuous
+  aggregates); such a file must be written so that repeating it is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from citytel.config import Settings
+from citytel.errors import ConfigurationError, StorageError
+
+log = logging.getLogger(__name__)
+
+_FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_DIRECTIVE = re.compile(r"^--\s*citytel:\s*(.+?)\s*$", re.MULTILINE)
+# Any fixed number: it only has to be the same for every citytel process migrating one database.
+_LOCK_KEY = 0x63697479
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One SQL file of ``migrations/``."""
+
+    version: str
+    name: str
+    sql: str
+    requires_timescaledb: bool
+    transactional: bool
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What a run of :func:`migrate` did."""
+
+    applied: list[str]
+    skipped: list[str]
+    timescaledb: bool
+
+
+def migrations_dir() -> Path:
+    """Where the SQL files are: inside an installed wheel, or at the top of a source checkout."""
+    packaged = resources.files("citytel") / "migrations"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parents[3] / "migrations"
+    if checkout.is_dir():
+        return checkout
+    message = f"cannot find the migrations directory (looked in the package and at {checkout})"
+    raise ConfigurationError(message)
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    """Every migration in ``directory``, in version order."""
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _FILE_NAME.match(path.name)
+        if path.suffix != ".sql":
+            continue
+        if match is None:
+            message = f"migration file {path.name!r} must be named NNNN_lower_snake.sql"
+            raise ConfigurationError(message)
+        text = path.read_text(encoding="utf-8")
+        directives = set(_DIRECTIVE.findall(text))
+        unknown = directives - {"requires timescaledb", "no-transaction"}
+        if unknown:
+            message = f"{path.name}: unknown directive(s) {sorted(unknown)}"
+            raise ConfigurationError(message)
+        found.append(
+            Migration(
+                version=match.group(1),
+                name=path.stem,
+                sql=text,
+                requires_timescaledb="requires timescaledb" in directives,
+                transactional="no-transaction" not in directives,
+            )
+        )
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        message = f"two migrations share a version number in {directory}"
+        raise ConfigurationError(message)
+    return found
+
+
+def _split_statements(text: str) -> list[str]:
+    # Good enough for our own migration files, which keep to one statement per ';'-terminated
+    # paragraph and contain no ';' inside literals or dollar-quoted bodies.
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def timescaledb_available(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether the timescaledb extension is installed, or can be (available and preloaded)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),"
+        " EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"
+        " current_setting('shared_preload_libraries')"
+    ).fetchone()
+    assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    installed, available, preload = row
+    return bool(installed) or (bool(available) and "timescaledb" in str(preload))
+
+
+def _apply(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -> None:
+    record = (
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+        (migration.version, migration.name, migration.checksum),
+    )
+    if migration.transactional:
+        with conn.transaction():
+            conn.execute(migration.sql.encode())
+            conn.execute(*record)
+        return
+    for statement in _split_statements(migration.sql):
+        conn.execute(statement.encode())
+    conn.execute(*record)
+
+
+def _apply_timescale_policies(
+    conn: psycopg.Connection[tuple[object, ...]], settings: Settings
+) -> None:
+    # Settings, not migrations: an operator changes retention without writing SQL. Removing and
+    # re-adding makes every run converge on the configured intervals.
+    for table in ("waste_readings", "parking_readings"):
+        conn.execute(
+            "SELECT set_chunk_time_interval(%s::regclass, %s::interval)",
+            (table, settings.timescale_chunk_interval),
+        )
+        conn.execute("SELECT remove_compression_policy(%s::regclass, if_exists => TRUE)", (table,))
+        conn.execute(
+            "SELECT add_compression_policy(%s::regclass, %s::interval)",
+            (table, settings.timescale_compress_after),
+        )
+        conn.execute("SELECT remove_retention_policy(%s::regclass, if_exists => TRUE)", (table,))
+        conn.execute(
+            "SELECT add_retention_policy(%s::regclass, %s::interval)",
+            (table, settings.timescale_retention),
+        )
+
+
+def migrate(settings: Settings, *, database_url: str | None = None) -> MigrationReport:
+    """Apply every pending migration to the configured database; a no-op when none is pending.
+
+    Raises:
+        StorageError: the database cannot be reached or a migration fails.
+        ConfigurationError: a recorded migration's file has changed since it was applied.
+    """
+    url = database_url or settings.database_url.get_secret_value()
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        message = f"cannot connect to the database to migrate it: {exc}"
+        raise StorageError(message) from exc
+    with conn:
+        try:
+            return _migrate(conn, settings)
+        except psycopg.Error as exc:
+            message = f"migration failed: {exc}"
+            raise StorageError(message) from exc
+
+
+def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> MigrationReport:
+    # Two processes migrating at once (two replicas starting) take turns instead of racing.
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+        recorded = {str(version): str(checksum) for version, checksum in rows}
+        timescale = timescaledb_available(conn)
+        applied: list[str] = []
+        skipped: list[str] = []
+        for migration in load_migrations(migrations_dir()):
+            if migration.version in recorded:
+                if recorded[migration.version] != migration.checksum:
+                    message = (
+                        f"migration {migration.name} was changed after it was applied; "
+                        "add a new migration instead of editing an applied one"
+                    )
+                    raise ConfigurationError(message)
+                continue
+            if migration.requires_timescaledb and not timescale:
+                skipped.append(migration.name)
+                continue
+            log.info("applying migration %s", migration.name)
+            _apply(conn, migration)
+            applied.append(migration.name)
+        if timescale:
+            _apply_timescale_policies(conn, settings)
+            version = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+            ).fetchone()
+            log.info(
+                "TimescaleDB %s: readings in hypertables with compression after %s, retention %s"
+                " and hourly continuous aggregates",
+                version[0] if version else "?",
+                settings.timescale_compress_after,
+                settings.timescale_retention,
+            )
+        else:
+            log.info(
+                "TimescaleDB not available: running on plain PostgreSQL (same tables and"
+                " queries; no compression, retention policy or continuous aggregates)"
+            )
+        return MigrationReport(applied=applied, skipped=skipped, timescaledb=timescale)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def ensure_database(settings: Settings) -> bool:
+    """Create the configured database if it does not exist yet; True when it was created.
+
+    Connects to the server's ``postgres`` database for that, as ``createdb`` would.
+    """
+    url = settings.database_url.get_secret_value()
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    name = info.get("dbname")
+    if not name:
+        message = "CITYTEL_DATABASE_URL must name a database"
+        raise ConfigurationError(message)
+    admin_url = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if exists:
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+            return True
+    except psycopg.Error as exc:
+        message = f"cannot create database {name!r}: {exc}"
+        raise StorageError(message) from exc

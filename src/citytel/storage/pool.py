@@ -1,0 +1,115 @@
+"""The asyncpg connection pool, and where driver errors become citytel errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import asyncpg
+
+from citytel.config import Settings
+from citytel.errors import StorageError, TransientStorageError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+
+# SQLSTATE classes and codes that go away by themselves: the connection broke, the server is
+# shutting down or starting up, or the transaction lost a race and can simply be repeated.
+_TRANSIENT_CLASSES = ("08", "53", "57P")
+_TRANSIENT_CODES = {"40001", "40P01", "55P03", "57014"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same work later can succeed without anything else changing."""
+    if isinstance(exc, TransientStorageError):
+        return True
+    if isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.ConnectionDoesNotExistError,
+    ):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state in _TRANSIENT_CODES or state.startswith(_TRANSIENT_CLASSES)
+    return False
+
+
+def translate(exc: BaseException) -> StorageError:
+    """The citytel error for a driver error: transient ones are marked for retry."""
+    message = f"{type(exc).__name__}: {exc}"
+    if is_transient(exc):
+        return TransientStorageError(message)
+    return StorageError(message)
+
+
+async def create_pool(settings: Settings, *, database_url: str | None = None) -> asyncpg.Pool:
+    """A pool on the configured database.
+
+    Raises:
+        StorageError: the database cannot be reached (transient) or refuses us (permanent).
+    """
+    url = database_url or settings.database_url.get_secret_value()
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=settings.database_pool_size,
+            command_timeout=30,
+            # Statement-cache invalidation after a migration is handled by asyncpg; a bounded
+            # lifetime also lets connections follow a failover.
+            max_inactive_connection_lifetime=300,
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise translate(exc) from exc
+    return pool
+
+
+async def wait_for_pool(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    database_url: str | None = None,
+    max_delay: float = 10.0,
+) -> asyncpg.Pool | None:
+    """Create the pool, retrying with backoff while the database is unreachable.
+
+    Returns None when ``stop`` is set before the database answers.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return await create_pool(settings, database_url=database_url)
+        except TransientStorageError as exc:
+            log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+            else:
+                return None
+        delay = min(delay * 2, max_delay)
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+    """A pooled connection; driver errors inside the block become :class:`StorageError`."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except StorageError:
+        raise
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise translate(exc) from exc

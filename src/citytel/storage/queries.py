@@ -1,0 +1,255 @@
+"""Read queries behind the HTTP API. Only this package acquires connections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from citytel.errors import NotFoundError
+from citytel.storage.pool import connection
+
+_CONTAINER_COLUMNS = """
+    c.id, c.zone, c.capacity_l, c.depth_mm, c.waste_kind,
+    ST_Y(c.location::geometry) AS lat, ST_X(c.location::geometry) AS lon,
+    l.fill_pct, l.battery_pct, l.temperature_c, l.ts AS measured_at, l.last_seen
+"""
+
+LIST_CONTAINERS = f"""
+SELECT {_CONTAINER_COLUMNS}, count(*) OVER () AS total
+FROM containers c
+LEFT JOIN container_latest l ON l.container_id = c.id
+WHERE ($1::text IS NULL OR c.zone = $1)
+  AND ($2::real IS NULL OR l.fill_pct >= $2)
+  AND ($3::float8 IS NULL
+       OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
+ORDER BY l.fill_pct DESC NULLS LAST, c.id
+LIMIT $7 OFFSET $8
+"""  # noqa: S608 - the f-string only inserts our own column list
+
+GET_CONTAINER = f"""
+SELECT {_CONTAINER_COLUMNS}
+FROM containers c
+LEFT JOIN container_latest l ON l.container_id = c.id
+WHERE c.id = $1
+"""  # noqa: S608
+
+CONTAINER_READINGS = """
+SELECT ts, fill_pct, battery_pct, temperature_c
+FROM waste_readings
+WHERE container_id = $1 AND ts >= $2 AND ts < $3
+ORDER BY ts
+LIMIT $4
+"""
+
+# date_bin rather than TimescaleDB's time_bucket: the same query runs on plain PostgreSQL.
+CONTAINER_READINGS_BUCKETED = """
+SELECT date_bin($4::interval, ts, TIMESTAMPTZ '2000-01-01') AS ts,
+       avg(fill_pct)::float8 AS fill_pct, min(fill_pct) AS min_fill_pct,
+       max(fill_pct) AS max_fill_pct, avg(battery_pct)::float8 AS battery_pct,
+       avg(temperature_c)::float8 AS temperature_c, count(*) AS readings
+FROM waste_readings
+WHERE container_id = $1 AND ts >= $2 AND ts < $3
+GROUP BY 1
+ORDER BY 1
+"""
+
+_SPOT_COLUMNS = """
+    s.id, s.zone, s.category,
+    ST_Y(s.location::geometry) AS lat, ST_X(s.location::geometry) AS lon,
+    l.occupied, l.battery_pct, l.ts AS status_since, l.last_seen
+"""
+
+# The KNN operator walks the GiST index nearest-first and stops after LIMIT free spots; the
+# sphere distance matches what <-> orders by, so the list is sorted by the distance it shows.
+FREE_SPOTS_NEAR = f"""
+SELECT {_SPOT_COLUMNS}, ST_Distance(s.location, p.here, false) AS distance_m
+FROM (SELECT ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography AS here) p,
+     parking_spots s
+JOIN spot_latest l ON l.spot_id = s.id
+WHERE NOT l.occupied
+  AND ST_DWithin(s.location, p.here, $3, false)
+  AND ($5::text IS NULL OR s.category = $5)
+ORDER BY s.location <-> p.here
+LIMIT $4
+"""  # noqa: S608
+
+GET_SPOT = f"""
+SELECT {_SPOT_COLUMNS}
+FROM parking_spots s
+LEFT JOIN spot_latest l ON l.spot_id = s.id
+WHERE s.id = $1
+"""  # noqa: S608
+
+ZONE_CONTAINERS = """
+SELECT count(*) AS containers_total,
+       count(l.container_id) AS containers_reporting,
+       avg(l.fill_pct)::float8 AS mean_fill_pct
+FROM containers c
+LEFT JOIN container_latest l ON l.container_id = c.id
+WHERE c.zone = $1
+"""
+
+ZONE_FULL_CONTAINERS = """
+SELECT c.id, l.fill_pct
+FROM containers c
+JOIN container_latest l ON l.container_id = c.id
+WHERE c.zone = $1 AND l.fill_pct >= $2
+ORDER BY l.fill_pct DESC, c.id
+"""
+
+ZONE_SPOTS = """
+SELECT count(*) AS spots_total,
+       count(*) FILTER (WHERE l.occupied = false) AS spots_free,
+       count(*) FILTER (WHERE l.occupied) AS spots_occupied,
+       count(*) FILTER (WHERE l.spot_id IS NULL) AS spots_unknown
+FROM parking_spots s
+LEFT JOIN spot_latest l ON l.spot_id = s.id
+WHERE s.zone = $1
+"""
+
+LIST_ZONES = """
+SELECT zone, sum(containers)::int AS containers, sum(spots)::int AS spots
+FROM (SELECT zone, 1 AS containers, 0 AS spots FROM containers
+      UNION ALL
+      SELECT zone, 0, 1 FROM parking_spots) z
+GROUP BY zone
+ORDER BY zone
+"""
+
+
+@dataclass(frozen=True)
+class BBox:
+    """A longitude/latitude box, in GeoJSON order."""
+
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+
+
+async def list_containers(
+    pool: asyncpg.Pool,
+    *,
+    zone: str | None,
+    min_fill_pct: float | None,
+    bbox: BBox | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[asyncpg.Record], int]:
+    """Containers matching the filters, fullest first, and how many match in all."""
+    box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
+    async with connection(pool) as conn:
+        rows = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, limit, offset)
+        if rows:
+            return rows, int(rows[0]["total"])
+        if offset == 0:
+            return [], 0
+        # Past the last page the window count is not there; count separately.
+        counted = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, 1, 0)
+        return [], int(counted[0]["total"]) if counted else 0
+
+
+async def get_container(pool: asyncpg.Pool, container_id: str) -> asyncpg.Record:
+    """One container with its latest state.
+
+    Raises:
+        NotFoundError: no such container.
+    """
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(GET_CONTAINER, container_id)
+    if row is None:
+        raise NotFoundError(what="container", key=container_id)
+    return row
+
+
+async def container_readings(
+    pool: asyncpg.Pool,
+    container_id: str,
+    *,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """A container's readings in ``[start, end)``, raw or averaged per bucket.
+
+    Raises:
+        NotFoundError: no such container.
+    """
+    async with connection(pool) as conn:
+        exists = await conn.fetchval("SELECT 1 FROM containers WHERE id = $1", container_id)
+        if exists is None:
+            raise NotFoundError(what="container", key=container_id)
+        if bucket is None:
+            return await conn.fetch(CONTAINER_READINGS, container_id, start, end, limit)
+        return await conn.fetch(CONTAINER_READINGS_BUCKETED, container_id, start, end, bucket)
+
+
+async def free_spots_near(
+    pool: asyncpg.Pool,
+    *,
+    lat: float,
+    lon: float,
+    radius_m: float,
+    limit: int,
+    category: str | None,
+) -> list[asyncpg.Record]:
+    """Free spots within ``radius_m`` of a point, nearest first."""
+    async with connection(pool) as conn:
+        return await conn.fetch(FREE_SPOTS_NEAR, lat, lon, radius_m, limit, category)
+
+
+async def get_spot(pool: asyncpg.Pool, spot_id: str) -> asyncpg.Record:
+    """One parking spot with its latest state.
+
+    Raises:
+        NotFoundError: no such spot.
+    """
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(GET_SPOT, spot_id)
+    if row is None:
+        raise NotFoundError(what="parking spot", key=spot_id)
+    return row
+
+
+@dataclass(frozen=True)
+class ZoneSummary:
+    """A zone's containers and spots, aggregated."""
+
+    containers: asyncpg.Record
+    full: list[asyncpg.Record]
+    spots: asyncpg.Record
+
+
+async def zone_summary(pool: asyncpg.Pool, zone: str, *, threshold_pct: float) -> ZoneSummary:
+    """Containers over ``threshold_pct``, mean fill, free and total spots of a zone.
+
+    Raises:
+        NotFoundError: no container or spot is in this zone.
+    """
+    async with (
+        connection(pool) as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        containers = await conn.fetchrow(ZONE_CONTAINERS, zone)
+        spots = await conn.fetchrow(ZONE_SPOTS, zone)
+        full = await conn.fetch(ZONE_FULL_CONTAINERS, zone, threshold_pct)
+    assert containers is not None  # noqa: S101 - aggregates always return a row
+    assert spots is not None  # noqa: S101
+    if containers["containers_total"] == 0 and spots["spots_total"] == 0:
+        raise NotFoundError(what="zone", key=zone)
+    return ZoneSummary(containers=containers, full=full, spots=spots)
+
+
+async def list_zones(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every zone with its number of containers and spots."""
+    async with connection(pool) as conn:
+        return await conn.fetch(LIST_ZONES)
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """Round-trip to the database; raises StorageError when it does not answer."""
+    async with connection(pool) as conn:
+        await conn.fetchval("SELECT 1", timeout=2)
