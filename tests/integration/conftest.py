@@ -1,0 +1,184 @@
+"""Fixtures for tests against a real Mosquitto and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from citytel.api.app import create_app
+from citytel.config import Settings
+from citytel.ingest.pipeline import IngestStats, run_ingest
+from citytel.storage.fleet import import_fleet
+from tests.integration.services import (
+    Broker,
+    clone_database,
+    create_template,
+    drop_database,
+    free_port,
+    running_broker,
+)
+
+pytestmark = pytest.mark.integration
+
+SERVER_URL = os.environ.get(
+    "CITYTEL_TEST_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One Mosquitto for the session, with the project's configuration."""
+    with running_broker(tmp_path_factory.mktemp("mosquitto")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    """A migrated template database, cloned for each test."""
+    name = create_template(SERVER_URL)
+    yield name
+    drop_database(SERVER_URL, name)
+
+
+@pytest.fixture
+def database_url(template_db: str) -> Iterator[str]:
+    """A fresh, migrated database of this test's own."""
+    url = clone_database(SERVER_URL, template_db)
+    yield url
+    drop_database(SERVER_URL, str(psycopg.conninfo.conninfo_to_dict(url)["dbname"]))
+
+
+@pytest.fixture
+def settings(broker: Broker, database_url: str) -> Settings:
+    """Settings pointing at this test's database, broker and own topic prefix."""
+    tag = uuid.uuid4().hex[:10]
+    return Settings(
+        database_url=database_url,  # type: ignore[arg-type]
+        mqtt_url=broker.url,
+        mqtt_topic_root=f"test-{tag}/citytel/v1",
+        mqtt_client_id=f"citytel-test-{tag}",
+        mqtt_share_group=f"g{tag}",
+        mqtt_session_expiry_s=600,
+        ingest_flush_ms=20,
+        ingest_stats_interval_s=3600,
+    )
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's database."""
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    yield created
+    await created.close()
+
+
+def feature(kind: str, ident: str, lon: float, lat: float, zone: str, **props: Any) -> dict[str, Any]:
+    """A GeoJSON feature of the fleet format."""
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [lon, lat]},
+        "properties": {"kind": kind, "id": ident, "zone": zone, **props},
+    }
+
+
+@dataclass
+class Fleet:
+    """The small fleet a test registered."""
+
+    containers: list[str]
+    spots: list[str]
+
+
+@pytest.fixture
+async def fleet(pool: asyncpg.Pool, tmp_path: Path) -> Fleet:
+    """Twenty containers and forty spots around downtown Casablanca, registered."""
+    containers = [f"T-WC-{i:03d}" for i in range(20)]
+    spots = [f"T-PS-{i:03d}" for i in range(40)]
+    features = [
+        feature("waste_container", c, -7.60 + i * 0.001, 33.57 + i * 0.0005, "maarif" if i % 2 else "anfa",
+                capacity_l=1100, depth_mm=1200)
+        for i, c in enumerate(containers)
+    ] + [
+        # Spots on a line heading east of the query point, 100 m apart, so distances are known.
+        feature("parking_spot", s, -7.5898 + i * 0.001076, 33.5731, "sidi-belyout" if i < 20 else "anfa")
+        for i, s in enumerate(spots)
+    ]
+    path = tmp_path / "fleet.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    result = await import_fleet(pool, path)
+    assert (result.containers, result.spots) == (20, 40)
+    return Fleet(containers=containers, spots=spots)
+
+
+@dataclass
+class RunningIngest:
+    """An ingest loop running in this test's event loop."""
+
+    task: asyncio.Task[IngestStats]
+    stop_event: asyncio.Event
+
+    async def stop(self) -> IngestStats:
+        self.stop_event.set()
+        async with asyncio.timeout(30):
+            return await self.task
+
+
+@pytest.fixture
+async def ingest(settings: Settings) -> AsyncIterator[Callable[[], Awaitable[RunningIngest]]]:
+    """Start ``citytel ingest``'s loop in-process; stopped at the end of the test."""
+    running: list[RunningIngest] = []
+
+    async def start() -> RunningIngest:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_ingest(settings, stop=stop))
+        handle = RunningIngest(task=task, stop_event=stop)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        if not handle.task.done():
+            await handle.stop()
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API served by uvicorn on a free port, and an HTTP client for it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        async with asyncio.timeout(10):
+            while (await client.get("/readyz")).status_code != 200:  # noqa: PLR2004
+                await asyncio.sleep(0.05)
+        yield client
+    server.should_exit = True
+    async with asyncio.timeout(10):
+        await task
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, within: float = 20.0, every: float = 0.05
+) -> None:
+    """Poll ``check`` until it holds; fail the test after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():
+            await asyncio.sleep(every)

@@ -1,0 +1,129 @@
+"""Real services for the integration tests: a Mosquitto of our own and fresh databases."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from citytel.config import Settings
+from citytel.storage.migrate import migrate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, within: float = 10.0) -> None:
+    """Block until something accepts connections on ``port``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    message = f"nothing listens on port {port} after {within} s"
+    raise TimeoutError(message)
+
+
+@dataclass
+class Broker:
+    """A Mosquitto started by the tests with the project's own configuration."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def config(self) -> Path:
+        # The shipped configuration, with only the port, the persistence directory and the
+        # user changed so that it runs unprivileged beside the machine's own broker.
+        text = (REPO / "deploy" / "mosquitto.conf").read_text()
+        text = re.sub(r"^listener\s+1883.*$", f"listener {self.port} 127.0.0.1", text, flags=re.M)
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        text = re.sub(
+            r"^persistence_location\s+.*$", f"persistence_location {data}/", text, flags=re.M
+        )
+        text = re.sub(r"^(user|log_dest|pid_file)\s.*$", "", text, flags=re.M)
+        text += f"\nuser {getpass.getuser()}\nlog_dest file {self.workdir / 'mosquitto.log'}\n"
+        path = self.workdir / "mosquitto.conf"
+        path.write_text(text)
+        return path
+
+    def start(self) -> None:
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen([mosquitto, "-c", str(self.config())])  # noqa: S603
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextlib.contextmanager
+def running_broker(workdir: Path) -> Iterator[Broker]:
+    """A broker for the duration of the block."""
+    broker = Broker(port=free_port(), workdir=workdir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _admin_url(server_url: str) -> str:
+    return psycopg.conninfo.make_conninfo(server_url, dbname="postgres")
+
+
+def create_template(server_url: str) -> str:
+    """A migrated database to clone test databases from; returns its name."""
+    name = f"citytel_tpl_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
+    migrate(Settings(), database_url=url)
+    return name
+
+
+def clone_database(server_url: str, template: str) -> str:
+    """A fresh database cloned from ``template``; returns its URL."""
+    name = f"citytel_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    return psycopg.conninfo.make_conninfo(server_url, dbname=name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a test database, disconnecting whoever is still on it."""
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

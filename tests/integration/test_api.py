@@ -1,0 +1,195 @@
+"""The HTTP API over real data: answers, ordering, and clear 4xx for bad requests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+async def set_fill(pool: asyncpg.Pool, container: str, fill: float, ts: datetime = NOW) -> None:
+    await pool.execute(
+        "INSERT INTO waste_readings (container_id, ts, fill_pct, received_at) VALUES ($1, $2, $3, $2)",
+        container,
+        ts,
+        fill,
+    )
+    await pool.execute(
+        "INSERT INTO container_latest (container_id, ts, fill_pct, last_seen) VALUES ($1, $2, $3, $2)"
+        " ON CONFLICT (container_id) DO UPDATE SET fill_pct = $3, ts = $2",
+        container,
+        ts,
+        fill,
+    )
+
+
+async def set_spots(pool: asyncpg.Pool, states: dict[str, bool]) -> None:
+    await pool.executemany(
+        "INSERT INTO spot_latest (spot_id, ts, occupied, last_seen) VALUES ($1, $2, $3, $2)",
+        [(spot, NOW, occupied) for spot, occupied in states.items()],
+    )
+
+
+async def test_free_spots_nearest_first_with_distance(
+    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+) -> None:
+    """Free spots come nearest first with their distance; occupied and out-of-radius ones are left out."""
+    # Spots lie 100 m apart eastwards from the query point: spot i is i*100 m away.
+    await set_spots(pool, {s: i % 3 == 0 for i, s in enumerate(fleet.spots)})
+    response = await api.get(
+        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 800, "limit": 50}
+    )
+    assert response.status_code == 200
+    items = response.json()["items"]
+    expected = [s for i, s in enumerate(fleet.spots) if i % 3 != 0 and i * 100 <= 790]
+    assert [item["id"] for item in items] == expected
+    distances = [item["distance_m"] for item in items]
+    assert distances == sorted(distances)
+    assert distances[0] == pytest.approx(100, rel=0.02)
+    assert all(item["status"] == "free" for item in items)
+
+
+async def test_free_spots_limit(fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient) -> None:
+    """limit caps the answer to the nearest few."""
+    await set_spots(pool, dict.fromkeys(fleet.spots, False))
+    response = await api.get(
+        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 5000, "limit": 3}
+    )
+    assert [i["id"] for i in response.json()["items"]] == fleet.spots[:3]
+
+
+async def test_containers_fullest_first_with_filters_and_pages(
+    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+) -> None:
+    """Containers are sorted fullest first, filtered by fill, zone and bbox, and paginated."""
+    for i, container in enumerate(fleet.containers):
+        await set_fill(pool, container, float(i * 5))
+    body = (await api.get("/v1/containers", params={"min_fill_pct": 80})).json()
+    assert [c["fill_pct"] for c in body["items"]] == [95, 90, 85, 80]
+    assert body["total"] == 4
+
+    body = (await api.get("/v1/containers", params={"zone": "anfa", "min_fill_pct": 80})).json()
+    assert [c["id"] for c in body["items"]] == [fleet.containers[18], fleet.containers[16]]
+
+    page = (await api.get("/v1/containers", params={"limit": 8, "offset": 16})).json()
+    assert len(page["items"]) == 4
+    assert page["total"] == 20
+    assert page["next_offset"] is None
+    first = (await api.get("/v1/containers", params={"limit": 8})).json()
+    assert first["next_offset"] == 8
+
+    # The first three containers lie west of -7.598.
+    box = (await api.get("/v1/containers", params={"bbox": "-7.6005,33.5,-7.5975,33.6"})).json()
+    assert sorted(c["id"] for c in box["items"]) == fleet.containers[:3]
+
+
+async def test_container_detail_and_history(fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient) -> None:
+    """One container shows its latest state; its history comes raw or averaged per bucket."""
+    container = fleet.containers[3]
+    start = NOW.replace(minute=0, second=0) - timedelta(hours=3)
+    for minutes, fill in [(0, 10), (30, 20), (60, 30), (90, 50), (120, 70)]:
+        await set_fill(pool, container, fill, start + timedelta(minutes=minutes))
+    detail = (await api.get(f"/v1/containers/{container}")).json()
+    assert detail["fill_pct"] == 70
+    assert detail["zone"] == "maarif"
+    assert detail["location"]["lat"] == pytest.approx(33.5715)
+
+    params = {"from": start.isoformat(), "to": (start + timedelta(hours=3)).isoformat()}
+    raw = (await api.get(f"/v1/containers/{container}/readings", params=params)).json()
+    assert [r["fill_pct"] for r in raw["readings"]] == [10, 20, 30, 50, 70]
+    hourly = (await api.get(f"/v1/containers/{container}/readings", params={**params, "bucket": "1h"})).json()
+    assert [(b["fill_pct"], b["readings"]) for b in hourly["buckets"]] == [(15, 2), (40, 2), (70, 1)]
+
+
+async def test_spot_detail_and_zone_summary(fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient) -> None:
+    """A spot shows its status; a zone sums its containers and spots."""
+    assert (await api.get(f"/v1/parking/spots/{fleet.spots[0]}")).json()["status"] == "unknown"
+    await set_spots(pool, {fleet.spots[0]: True, fleet.spots[1]: False})
+    assert (await api.get(f"/v1/parking/spots/{fleet.spots[0]}")).json()["status"] == "occupied"
+    await set_fill(pool, fleet.containers[1], 90)
+    await set_fill(pool, fleet.containers[3], 30)
+    zone = (await api.get("/v1/zones/maarif", params={"threshold_pct": 80})).json()
+    assert zone["containers_total"] == 10
+    assert zone["containers_reporting"] == 2
+    assert zone["mean_fill_pct"] == pytest.approx(60)
+    assert zone["containers_over_threshold"] == [{"id": fleet.containers[1], "fill_pct": 90}]
+    spots = (await api.get("/v1/zones/sidi-belyout")).json()
+    assert (spots["spots_total"], spots["spots_free"], spots["spots_occupied"], spots["spots_unknown"]) == (
+        20,
+        1,
+        1,
+        18,
+    )
+    zones = (await api.get("/v1/zones")).json()
+    assert {z["zone"] for z in zones} == {"anfa", "maarif", "sidi-belyout"}
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/v1/containers/NOPE", "no container with id 'NOPE'"),
+        ("/v1/containers/NOPE/readings", "no container with id 'NOPE'"),
+        ("/v1/parking/spots/NOPE", "no parking spot with id 'NOPE'"),
+        ("/v1/zones/atlantis", "no zone with id 'atlantis'"),
+    ],
+)
+async def test_unknown_ids_are_404(fleet: Fleet, api: httpx.AsyncClient, path: str, words: str) -> None:
+    """An unknown id is a 404 that names what was not found."""
+    del fleet
+    response = await api.get(path)
+    assert response.status_code == 404
+    assert words in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "words"),
+    [
+        ("/v1/parking/free", {"lat": 95, "lon": -7.5}, "query parameter 'lat'"),
+        ("/v1/parking/free", {"lat": 33.5, "lon": -190}, "query parameter 'lon'"),
+        ("/v1/parking/free", {"lon": -7.5}, "query parameter 'lat': Field required"),
+        ("/v1/parking/free", {"lat": 33.5, "lon": -7.5, "radius_m": -5}, "query parameter 'radius_m'"),
+        ("/v1/parking/free", {"lat": 33.5, "lon": -7.5, "radius_m": 50000}, "the maximum is 5000"),
+        ("/v1/parking/free", {"lat": "north", "lon": -7.5}, "query parameter 'lat'"),
+        ("/v1/parking/free", {"lat": 33.5, "lon": -7.5, "limit": 0}, "query parameter 'limit'"),
+        ("/v1/containers", {"min_fill_pct": 150}, "query parameter 'min_fill_pct'"),
+        ("/v1/containers", {"bbox": "1,2,3"}, "bbox must be four numbers"),
+        ("/v1/containers", {"bbox": "-7.5,33.6,-7.6,33.5"}, "min_lon < max_lon"),
+        ("/v1/containers", {"limit": 100000}, "query parameter 'limit'"),
+        (
+            "/v1/containers/T-WC-000/readings",
+            {"from": "2026-05-02T00:00:00Z", "to": "2026-05-01T00:00:00Z"},
+            "must be before 'to'",
+        ),
+        ("/v1/containers/T-WC-000/readings", {"from": "last tuesday"}, "query parameter 'from'"),
+        ("/v1/containers/T-WC-000/readings", {"from": "2026-05-01T00:00:00"}, "must include a UTC offset"),
+        ("/v1/containers/T-WC-000/readings", {"bucket": "1 hour"}, "bucket must be"),
+        (
+            "/v1/containers/T-WC-000/readings",
+            {"bucket": "1s", "from": "2026-01-01T00:00:00Z", "to": "2026-05-01T00:00:00Z"},
+            "widen the bucket",
+        ),
+    ],
+)
+async def test_invalid_parameters_are_422_with_a_reason(
+    fleet: Fleet, api: httpx.AsyncClient, path: str, params: dict[str, object], words: str
+) -> None:
+    """Invalid parameters get a 422 whose detail says which parameter is wrong and how."""
+    del fleet
+    response = await api.get(path, params=params)  # type: ignore[arg-type]
+    assert response.status_code == 422, response.text
+    assert words in response.json()["detail"]
+
+
+async def test_health_and_readiness(api: httpx.AsyncClient) -> None:
+    """/healthz says the process is alive; /readyz checked the database and the broker."""
+    assert (await api.get("/healthz")).json() == {"status": "ok", "checks": {}}
+    ready = (await api.get("/readyz")).json()
+    assert ready == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}

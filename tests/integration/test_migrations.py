@@ -1,0 +1,91 @@
+"""Migrations apply to an empty database, re-apply as a no-op, and refuse an edited history."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from citytel.config import Settings
+from citytel.errors import ConfigurationError
+from citytel.storage.migrate import migrate
+from tests.integration.conftest import SERVER_URL
+from tests.integration.services import drop_database
+
+pytestmark = pytest.mark.integration
+
+EXPECTED_COLUMNS = {
+    "containers": {"id", "location", "zone", "capacity_l", "depth_mm", "waste_kind", "created_at", "updated_at"},
+    "parking_spots": {"id", "location", "zone", "category", "created_at", "updated_at"},
+    "waste_readings": {"container_id", "ts", "fill_pct", "battery_pct", "temperature_c", "received_at"},
+    "parking_readings": {"spot_id", "ts", "occupied", "battery_pct", "received_at"},
+    "container_latest": {"container_id", "ts", "fill_pct", "battery_pct", "temperature_c", "last_seen"},
+    "spot_latest": {"spot_id", "ts", "occupied", "battery_pct", "last_seen"},
+    "dead_letters": {
+        "id",
+        "topic",
+        "payload",
+        "payload_sha256",
+        "reason",
+        "detail",
+        "first_received_at",
+        "last_received_at",
+        "times_received",
+    },
+    "schema_migrations": {"version", "name", "checksum", "applied_at"},
+}
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A database with nothing in it."""
+    name = f"citytel_empty_{uuid.uuid4().hex[:10]}"
+    admin = psycopg.conninfo.make_conninfo(SERVER_URL, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    yield psycopg.conninfo.make_conninfo(SERVER_URL, dbname=name)
+    drop_database(SERVER_URL, name)
+
+
+def schema(url: str) -> dict[str, set[str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name = ANY(%s)",
+            (list(EXPECTED_COLUMNS),),
+        ).fetchall()
+    found: dict[str, set[str]] = {}
+    for table, column in rows:
+        found.setdefault(table, set()).add(column)
+    return found
+
+
+def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
+    """The first run creates the expected schema; the second applies nothing and changes nothing."""
+    first = migrate(Settings(), database_url=empty_database)
+    assert first.applied == ["0001_registry", "0002_readings"]
+    assert first.timescaledb is False
+    assert first.skipped == ["0003_timescaledb"]
+    assert schema(empty_database) == EXPECTED_COLUMNS
+
+    second = migrate(Settings(), database_url=empty_database)
+    assert second.applied == []
+    assert schema(empty_database) == EXPECTED_COLUMNS
+    with psycopg.connect(empty_database) as conn:
+        recorded = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        geography = conn.execute(
+            "SELECT type FROM geography_columns WHERE f_table_name = 'parking_spots'"
+        ).fetchone()
+    assert recorded == [("0001",), ("0002",)]
+    assert geography == ("Point",)
+
+
+def test_edited_applied_migration_is_refused(empty_database: str) -> None:
+    """A migration whose file changed after it was applied stops the run with a clear message."""
+    migrate(Settings(), database_url=empty_database)
+    with psycopg.connect(empty_database) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = '0001'")
+    with pytest.raises(ConfigurationError, match="was changed after it was applied"):
+        migrate(Settings(), database_url=empty_database)

@@ -1,0 +1,187 @@
+"""citytel's own JSON payload: what is accepted, and the reason given for what is not."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from citytel.domain import DeviceKind, ParkingReading, Reason, WasteReading
+from citytel.errors import RejectedMessage
+from citytel.formats.native import (
+    MAX_PAYLOAD_BYTES,
+    ParkingPayload,
+    WastePayload,
+    decode_native,
+    encode_native,
+)
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+FIVE_MINUTES = timedelta(minutes=5)
+
+
+def decode(kind: DeviceKind, payload: bytes) -> list[WasteReading | ParkingReading]:
+    return decode_native(kind, "dev-1", payload, now=NOW, max_future=FIVE_MINUTES)
+
+
+def rejected(kind: DeviceKind, payload: bytes) -> RejectedMessage:
+    with pytest.raises(RejectedMessage) as info:
+        decode(kind, payload)
+    return info.value
+
+
+def test_waste_object_with_rfc3339_offset() -> None:
+    """An RFC 3339 time with an offset is converted to UTC and every field is kept."""
+    body = b'{"ts":"2026-11-22T12:30:00+01:00","fill_pct":42.5,"battery_pct":90,"temperature_c":21}'
+    assert decode(DeviceKind.WASTE, body) == [
+        WasteReading("dev-1", datetime(2026, 11, 22, 11, 30, tzinfo=UTC), 42.5, 90.0, 21.0)
+    ]
+
+
+def test_epoch_milliseconds() -> None:
+    """An integer ts is epoch milliseconds."""
+    ms = int(datetime(2026, 11, 22, 11, 0, tzinfo=UTC).timestamp() * 1000)
+    [reading] = decode(DeviceKind.PARKING, json.dumps({"ts": ms, "occupied": True}).encode())
+    assert reading == ParkingReading("dev-1", datetime(2026, 11, 22, 11, 0, tzinfo=UTC), True)
+
+
+def test_array_of_readings() -> None:
+    """An array carries several readings of the same device, in order."""
+    body = (
+        b'[{"ts":"2026-11-22T10:00:00Z","fill_pct":10},{"ts":"2026-11-22T11:00:00Z","fill_pct":20}]'
+    )
+    readings = decode(DeviceKind.WASTE, body)
+    assert [r.fill_pct for r in readings if isinstance(r, WasteReading)] == [10.0, 20.0]
+
+
+def test_encode_round_trips() -> None:
+    """What the simulators encode, ingestion decodes to the same values."""
+    ts = datetime(2026, 11, 22, 11, 0, 0, 123000, tzinfo=UTC)
+    one = encode_native([WastePayload(ts=ts, fill_pct=55.5, battery_pct=80)])
+    assert decode(DeviceKind.WASTE, one) == [WasteReading("dev-1", ts, 55.5, 80.0, None)]
+    many = encode_native(
+        [ParkingPayload(ts=ts, occupied=False), ParkingPayload(ts=ts, occupied=True)]
+    )
+    assert [
+        r.occupied for r in decode(DeviceKind.PARKING, many) if isinstance(r, ParkingReading)
+    ] == [
+        False,
+        True,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "reason", "words"),
+    [
+        (DeviceKind.WASTE, b"\xff\xfe{}", Reason.NOT_UTF8, "not UTF-8"),
+        (DeviceKind.WASTE, b"{fill: 3", Reason.INVALID_JSON, "not JSON"),
+        (DeviceKind.WASTE, b"42", Reason.WRONG_TYPE, "JSON object"),
+        (DeviceKind.WASTE, b"[]", Reason.WRONG_TYPE, "non-empty array"),
+        (DeviceKind.WASTE, b"[1]", Reason.WRONG_TYPE, "reading 0 is a int"),
+        (DeviceKind.WASTE, b'{"fill_pct": 3}', Reason.MISSING_FIELD, "'ts' is missing"),
+        (DeviceKind.WASTE, b'{"ts":"2026-11-22T10:00:00Z"}', Reason.MISSING_FIELD, "fill_pct"),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T10:00:00Z","fill_pct":"5"}',
+            Reason.WRONG_TYPE,
+            "fill_pct",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T10:00:00Z","fill_pct":true}',
+            Reason.WRONG_TYPE,
+            "fill_pct",
+        ),
+        (
+            DeviceKind.PARKING,
+            b'{"ts":"2026-11-22T10:00:00Z","occupied":1}',
+            Reason.WRONG_TYPE,
+            "occupied",
+        ),
+        (DeviceKind.WASTE, b'{"ts":1.5,"fill_pct":5}', Reason.WRONG_TYPE, "epoch milliseconds"),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T10:00:00Z","fill_pct":101}',
+            Reason.OUT_OF_RANGE,
+            "fill_pct=101",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T10:00:00Z","fill_pct":-1}',
+            Reason.OUT_OF_RANGE,
+            "fill_pct=-1",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T10:00:00Z","fill_pct":NaN}',
+            Reason.OUT_OF_RANGE,
+            "finite",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T10:00:00Z","fill_pct":5,"battery_pct":300}',
+            Reason.OUT_OF_RANGE,
+            "battery_pct",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T10:00:00","fill_pct":5}',
+            Reason.BAD_TIMESTAMP,
+            "no UTC offset",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"yesterday","fill_pct":5}',
+            Reason.BAD_TIMESTAMP,
+            "not an RFC 3339",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"1999-12-31T23:59:59Z","fill_pct":5}',
+            Reason.BAD_TIMESTAMP,
+            "before 2000",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":"2026-11-22T12:06:00Z","fill_pct":5}',
+            Reason.BAD_TIMESTAMP,
+            "in the future",
+        ),
+        (
+            DeviceKind.WASTE,
+            b'{"ts":99999999999999999999,"fill_pct":5}',
+            Reason.BAD_TIMESTAMP,
+            "representable",
+        ),
+    ],
+)
+def test_rejections_name_the_problem(
+    kind: DeviceKind, payload: bytes, reason: Reason, words: str
+) -> None:
+    """Each kind of bad payload is refused with its own reason code and a sentence naming the field."""
+    error = rejected(kind, payload)
+    assert error.reason is reason
+    assert words in error.detail
+
+
+def test_one_bad_reading_refuses_the_whole_message() -> None:
+    """A message is taken or refused whole, and the detail says which reading is at fault."""
+    body = (
+        b'[{"ts":"2026-11-22T10:00:00Z","fill_pct":5},{"ts":"2026-11-22T10:01:00Z","fill_pct":500}]'
+    )
+    error = rejected(DeviceKind.WASTE, body)
+    assert error.reason is Reason.OUT_OF_RANGE
+    assert error.detail.startswith("reading 1:")
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    """A payload over 64 KiB is refused without being parsed."""
+    error = rejected(DeviceKind.WASTE, b" " * (MAX_PAYLOAD_BYTES + 1))
+    assert error.reason is Reason.PAYLOAD_TOO_LARGE
+
+
+def test_small_future_skew_is_tolerated() -> None:
+    """A sensor clock a little ahead (within the tolerance) is accepted."""
+    body = json.dumps({"ts": (NOW + timedelta(minutes=4)).isoformat(), "fill_pct": 5}).encode()
+    assert len(decode(DeviceKind.WASTE, body)) == 1
