@@ -21,7 +21,7 @@ class RejectedMessage(CitytelError):
         detail: a sentence a person can act on.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason: Reason = reason
         self.detail = detail

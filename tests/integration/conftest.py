@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
-import psycopg
 import pytest
 import uvicorn
 
 from citytel.api.app import create_app
 from citytel.config import Settings
+from citytel.domain import DeviceKind
+from citytel.formats.native import WastePayload
 from citytel.ingest.pipeline import IngestStats, run_ingest
 from citytel.storage.fleet import import_fleet
+from simulators.fleet import Fleet as SimFleet
+from simulators.fleet import generate_fleet
+from simulators.publisher import publish
+from simulators.stream import GroundTruth, SimulatedMessage, StreamConfig, simulate
 from tests.integration.services import (
     Broker,
     clone_database,
@@ -57,7 +65,7 @@ def database_url(template_db: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own."""
     url = clone_database(SERVER_URL, template_db)
     yield url
-    drop_database(SERVER_URL, str(psycopg.conninfo.conninfo_to_dict(url)["dbname"]))
+    drop_database(SERVER_URL, urlsplit(url).path.lstrip("/"))
 
 
 @pytest.fixture
@@ -84,7 +92,9 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await created.close()
 
 
-def feature(kind: str, ident: str, lon: float, lat: float, zone: str, **props: Any) -> dict[str, Any]:
+def feature(
+    kind: str, ident: str, lon: float, lat: float, zone: str, **props: Any
+) -> dict[str, Any]:
     """A GeoJSON feature of the fleet format."""
     return {
         "type": "Feature",
@@ -107,12 +117,21 @@ async def fleet(pool: asyncpg.Pool, tmp_path: Path) -> Fleet:
     containers = [f"T-WC-{i:03d}" for i in range(20)]
     spots = [f"T-PS-{i:03d}" for i in range(40)]
     features = [
-        feature("waste_container", c, -7.60 + i * 0.001, 33.57 + i * 0.0005, "maarif" if i % 2 else "anfa",
-                capacity_l=1100, depth_mm=1200)
+        feature(
+            "waste_container",
+            c,
+            -7.60 + i * 0.001,
+            33.57 + i * 0.0005,
+            "maarif" if i % 2 else "anfa",
+            capacity_l=1100,
+            depth_mm=1200,
+        )
         for i, c in enumerate(containers)
     ] + [
         # Spots on a line heading east of the query point, 100 m apart, so distances are known.
-        feature("parking_spot", s, -7.5898 + i * 0.001076, 33.5731, "sidi-belyout" if i < 20 else "anfa")
+        feature(
+            "parking_spot", s, -7.5898 + i * 0.001076, 33.5731, "sidi-belyout" if i < 20 else "anfa"
+        )
         for i, s in enumerate(spots)
     ]
     path = tmp_path / "fleet.geojson"
@@ -141,10 +160,12 @@ async def ingest(settings: Settings) -> AsyncIterator[Callable[[], Awaitable[Run
     running: list[RunningIngest] = []
 
     async def start() -> RunningIngest:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_ingest(settings, stop=stop))
+        stop, subscribed = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_ingest(settings, stop=stop, subscribed=subscribed))
         handle = RunningIngest(task=task, stop_event=stop)
         running.append(handle)
+        async with asyncio.timeout(10):
+            await subscribed.wait()
         return handle
 
     yield start
@@ -167,7 +188,7 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             await asyncio.sleep(0.02)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         async with asyncio.timeout(10):
-            while (await client.get("/readyz")).status_code != 200:  # noqa: PLR2004
+            while (await client.get("/readyz")).status_code != 200:
                 await asyncio.sleep(0.05)
         yield client
     server.should_exit = True
@@ -182,3 +203,92 @@ async def wait_until(
     async with asyncio.timeout(within):
         while not await check():
             await asyncio.sleep(every)
+
+
+@pytest.fixture
+async def sim_fleet(pool: asyncpg.Pool, tmp_path: Path) -> SimFleet:
+    """A small generated fleet (30 containers, 60 spots), registered."""
+    collection = generate_fleet(seed=7, containers=30, spots=60)
+    path = tmp_path / "sim-fleet.geojson"
+    path.write_text(json.dumps(collection))
+    await import_fleet(pool, path)
+    return SimFleet.from_geojson(collection)
+
+
+def stream(
+    settings: Settings, fleet: SimFleet, count: int, **config: Any
+) -> list[SimulatedMessage]:
+    """``count`` simulated messages for ``fleet`` under this test's topic root, due from now."""
+    shape = StreamConfig(topic_root=settings.mqtt_topic_root, **config)
+    return list(itertools.islice(simulate(fleet, datetime.now(UTC), shape), count))
+
+
+def publish_stream(settings: Settings, messages: list[SimulatedMessage]) -> None:
+    """Publish simulated messages through the broker; returns once every one was acknowledged."""
+    host, port = settings.mqtt_host_port
+    stats = publish(messages, host=host, port=port, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    assert stats.complete, stats
+
+
+async def stored_readings(
+    pool: asyncpg.Pool,
+) -> dict[tuple[DeviceKind, str, datetime], tuple[Any, ...]]:
+    """Every stored reading by (kind, device, ts), with its values."""
+    found: dict[tuple[DeviceKind, str, datetime], tuple[Any, ...]] = {}
+    for row in await pool.fetch(
+        "SELECT container_id, ts, fill_pct, battery_pct FROM waste_readings"
+    ):
+        found[(DeviceKind.WASTE, row["container_id"], row["ts"])] = (
+            row["fill_pct"],
+            row["battery_pct"],
+        )
+    for row in await pool.fetch("SELECT spot_id, ts, occupied, battery_pct FROM parking_readings"):
+        found[(DeviceKind.PARKING, row["spot_id"], row["ts"])] = (
+            row["occupied"],
+            row["battery_pct"],
+        )
+    return found
+
+
+async def latest_states(pool: asyncpg.Pool) -> dict[tuple[DeviceKind, str], tuple[Any, ...]]:
+    """The latest state of every device, by (kind, device): (ts, fill or occupied)."""
+    found: dict[tuple[DeviceKind, str], tuple[Any, ...]] = {}
+    for row in await pool.fetch("SELECT container_id, ts, fill_pct FROM container_latest"):
+        found[(DeviceKind.WASTE, row["container_id"])] = (row["ts"], row["fill_pct"])
+    for row in await pool.fetch("SELECT spot_id, ts, occupied FROM spot_latest"):
+        found[(DeviceKind.PARKING, row["spot_id"])] = (row["ts"], row["occupied"])
+    return found
+
+
+def expected_latest(truth: GroundTruth) -> dict[tuple[DeviceKind, str], tuple[Any, ...]]:
+    """The latest state the ground truth implies, in the shape of :func:`latest_states`."""
+    expected: dict[tuple[DeviceKind, str], tuple[Any, ...]] = {}
+    for key, reading in truth.latest.items():
+        value = reading.fill_pct if isinstance(reading, WastePayload) else reading.occupied
+        expected[key] = (
+            reading.ts,
+            pytest.approx(value, rel=1e-6) if isinstance(value, float) else value,
+        )
+    return expected
+
+
+async def assert_stored_exactly(pool: asyncpg.Pool, truth: GroundTruth) -> None:
+    """Every distinct reading is stored once, nothing else is, and latest states are the newest."""
+    stored = await stored_readings(pool)
+    assert set(stored) == set(truth.readings)
+    for key, reading in truth.readings.items():
+        value = reading.fill_pct if isinstance(reading, WastePayload) else reading.occupied
+        assert stored[key][0] == (
+            pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+        )
+    assert await latest_states(pool) == expected_latest(truth)
+
+
+def raw_message(topic: str, payload: bytes) -> SimulatedMessage:
+    """A hand-made message for the publisher: its kind and readings are not used."""
+    return SimulatedMessage(topic, payload, "valid", DeviceKind.WASTE, "", (), datetime.now(UTC))
+
+
+def publish_raw(settings: Settings, messages: list[tuple[str, bytes]]) -> None:
+    """Publish hand-made (topic, payload) pairs and wait for every acknowledgement."""
+    publish_stream(settings, [raw_message(topic, payload) for topic, payload in messages])

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -72,7 +73,7 @@ class Broker:
 
     def start(self) -> None:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen([mosquitto, "-c", str(self.config())])  # noqa: S603
+        self.process = subprocess.Popen([mosquitto, "-c", str(self.config())])
         wait_for_port(self.port)
 
     def stop(self) -> None:
@@ -97,8 +98,14 @@ def running_broker(workdir: Path) -> Iterator[Broker]:
         broker.stop()
 
 
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead (a URL both psycopg and asyncpg accept)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
 def _admin_url(server_url: str) -> str:
-    return psycopg.conninfo.make_conninfo(server_url, dbname="postgres")
+    return with_database(server_url, "postgres")
 
 
 def create_template(server_url: str) -> str:
@@ -106,7 +113,7 @@ def create_template(server_url: str) -> str:
     name = f"citytel_tpl_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
+    url = with_database(server_url, name)
     migrate(Settings(), database_url=url)
     return name
 
@@ -120,10 +127,12 @@ def clone_database(server_url: str, template: str) -> str:
                 sql.Identifier(name), sql.Identifier(template)
             )
         )
-    return psycopg.conninfo.make_conninfo(server_url, dbname=name)
+    return with_database(server_url, name)
 
 
 def drop_database(server_url: str, name: str) -> None:
     """Drop a test database, disconnecting whoever is still on it."""
     with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

@@ -17,13 +17,15 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 async def set_fill(pool: asyncpg.Pool, container: str, fill: float, ts: datetime = NOW) -> None:
     await pool.execute(
-        "INSERT INTO waste_readings (container_id, ts, fill_pct, received_at) VALUES ($1, $2, $3, $2)",
+        "INSERT INTO waste_readings (container_id, ts, fill_pct, received_at)"
+        " VALUES ($1, $2, $3, $2)",
         container,
         ts,
         fill,
     )
     await pool.execute(
-        "INSERT INTO container_latest (container_id, ts, fill_pct, last_seen) VALUES ($1, $2, $3, $2)"
+        "INSERT INTO container_latest (container_id, ts, fill_pct, last_seen)"
+        " VALUES ($1, $2, $3, $2)"
         " ON CONFLICT (container_id) DO UPDATE SET fill_pct = $3, ts = $2",
         container,
         ts,
@@ -41,15 +43,15 @@ async def set_spots(pool: asyncpg.Pool, states: dict[str, bool]) -> None:
 async def test_free_spots_nearest_first_with_distance(
     fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
 ) -> None:
-    """Free spots come nearest first with their distance; occupied and out-of-radius ones are left out."""
+    """Free spots come nearest first with distances; occupied and far ones are left out."""
     # Spots lie 100 m apart eastwards from the query point: spot i is i*100 m away.
     await set_spots(pool, {s: i % 3 == 0 for i, s in enumerate(fleet.spots)})
     response = await api.get(
-        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 800, "limit": 50}
+        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 750, "limit": 50}
     )
     assert response.status_code == 200
     items = response.json()["items"]
-    expected = [s for i, s in enumerate(fleet.spots) if i % 3 != 0 and i * 100 <= 790]
+    expected = [s for i, s in enumerate(fleet.spots) if i % 3 != 0 and i * 100 <= 750]
     assert [item["id"] for item in items] == expected
     distances = [item["distance_m"] for item in items]
     assert distances == sorted(distances)
@@ -91,7 +93,9 @@ async def test_containers_fullest_first_with_filters_and_pages(
     assert sorted(c["id"] for c in box["items"]) == fleet.containers[:3]
 
 
-async def test_container_detail_and_history(fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient) -> None:
+async def test_container_detail_and_history(
+    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+) -> None:
     """One container shows its latest state; its history comes raw or averaged per bucket."""
     container = fleet.containers[3]
     start = NOW.replace(minute=0, second=0) - timedelta(hours=3)
@@ -105,11 +109,19 @@ async def test_container_detail_and_history(fleet: Fleet, pool: asyncpg.Pool, ap
     params = {"from": start.isoformat(), "to": (start + timedelta(hours=3)).isoformat()}
     raw = (await api.get(f"/v1/containers/{container}/readings", params=params)).json()
     assert [r["fill_pct"] for r in raw["readings"]] == [10, 20, 30, 50, 70]
-    hourly = (await api.get(f"/v1/containers/{container}/readings", params={**params, "bucket": "1h"})).json()
-    assert [(b["fill_pct"], b["readings"]) for b in hourly["buckets"]] == [(15, 2), (40, 2), (70, 1)]
+    hourly = (
+        await api.get(f"/v1/containers/{container}/readings", params={**params, "bucket": "1h"})
+    ).json()
+    assert [(b["fill_pct"], b["readings"]) for b in hourly["buckets"]] == [
+        (15, 2),
+        (40, 2),
+        (70, 1),
+    ]
 
 
-async def test_spot_detail_and_zone_summary(fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient) -> None:
+async def test_spot_detail_and_zone_summary(
+    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+) -> None:
     """A spot shows its status; a zone sums its containers and spots."""
     assert (await api.get(f"/v1/parking/spots/{fleet.spots[0]}")).json()["status"] == "unknown"
     await set_spots(pool, {fleet.spots[0]: True, fleet.spots[1]: False})
@@ -122,7 +134,12 @@ async def test_spot_detail_and_zone_summary(fleet: Fleet, pool: asyncpg.Pool, ap
     assert zone["mean_fill_pct"] == pytest.approx(60)
     assert zone["containers_over_threshold"] == [{"id": fleet.containers[1], "fill_pct": 90}]
     spots = (await api.get("/v1/zones/sidi-belyout")).json()
-    assert (spots["spots_total"], spots["spots_free"], spots["spots_occupied"], spots["spots_unknown"]) == (
+    assert (
+        spots["spots_total"],
+        spots["spots_free"],
+        spots["spots_occupied"],
+        spots["spots_unknown"],
+    ) == (
         20,
         1,
         1,
@@ -141,7 +158,9 @@ async def test_spot_detail_and_zone_summary(fleet: Fleet, pool: asyncpg.Pool, ap
         ("/v1/zones/atlantis", "no zone with id 'atlantis'"),
     ],
 )
-async def test_unknown_ids_are_404(fleet: Fleet, api: httpx.AsyncClient, path: str, words: str) -> None:
+async def test_unknown_ids_are_404(
+    fleet: Fleet, api: httpx.AsyncClient, path: str, words: str
+) -> None:
     """An unknown id is a 404 that names what was not found."""
     del fleet
     response = await api.get(path)
@@ -155,7 +174,11 @@ async def test_unknown_ids_are_404(fleet: Fleet, api: httpx.AsyncClient, path: s
         ("/v1/parking/free", {"lat": 95, "lon": -7.5}, "query parameter 'lat'"),
         ("/v1/parking/free", {"lat": 33.5, "lon": -190}, "query parameter 'lon'"),
         ("/v1/parking/free", {"lon": -7.5}, "query parameter 'lat': Field required"),
-        ("/v1/parking/free", {"lat": 33.5, "lon": -7.5, "radius_m": -5}, "query parameter 'radius_m'"),
+        (
+            "/v1/parking/free",
+            {"lat": 33.5, "lon": -7.5, "radius_m": -5},
+            "query parameter 'radius_m'",
+        ),
         ("/v1/parking/free", {"lat": 33.5, "lon": -7.5, "radius_m": 50000}, "the maximum is 5000"),
         ("/v1/parking/free", {"lat": "north", "lon": -7.5}, "query parameter 'lat'"),
         ("/v1/parking/free", {"lat": 33.5, "lon": -7.5, "limit": 0}, "query parameter 'limit'"),
@@ -169,7 +192,11 @@ async def test_unknown_ids_are_404(fleet: Fleet, api: httpx.AsyncClient, path: s
             "must be before 'to'",
         ),
         ("/v1/containers/T-WC-000/readings", {"from": "last tuesday"}, "query parameter 'from'"),
-        ("/v1/containers/T-WC-000/readings", {"from": "2026-05-01T00:00:00"}, "must include a UTC offset"),
+        (
+            "/v1/containers/T-WC-000/readings",
+            {"from": "2026-05-01T00:00:00"},
+            "must include a UTC offset",
+        ),
         ("/v1/containers/T-WC-000/readings", {"bucket": "1 hour"}, "bucket must be"),
         (
             "/v1/containers/T-WC-000/readings",

@@ -14,8 +14,7 @@ from citytel.config import Settings
 from citytel.domain import DeviceKind, Reason
 from citytel.formats.native import MAX_PAYLOAD_BYTES, WastePayload, encode_native
 from citytel.formats.topics import native_topic
-from simulators.publisher import publish_messages
-from tests.integration.conftest import Fleet, RunningIngest, wait_until
+from tests.integration.conftest import Fleet, RunningIngest, publish_raw, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +39,11 @@ def bad_messages(settings: Settings, fleet: Fleet) -> list[tuple[str, bytes, Rea
             json.dumps({"ts": (now + timedelta(hours=2)).isoformat(), "fill_pct": 5}).encode(),
             Reason.BAD_TIMESTAMP,
         ),
-        (container, json.dumps({"ts": "1999-06-01T00:00:00Z", "fill_pct": 5}).encode(), Reason.BAD_TIMESTAMP),
+        (
+            container,
+            json.dumps({"ts": "1999-06-01T00:00:00Z", "fill_pct": 5}).encode(),
+            Reason.BAD_TIMESTAMP,
+        ),
         (
             native_topic(root, "gw-1", DeviceKind.WASTE, "NOT-REGISTERED"),
             json.dumps({"ts": ts, "fill_pct": 5}).encode(),
@@ -57,16 +60,18 @@ async def test_each_bad_input_class_is_dead_lettered_while_ingestion_goes_on(
     pool: asyncpg.Pool,
     ingest: Callable[[], Awaitable[RunningIngest]],
 ) -> None:
-    """Every bad-input class lands in dead_letters with bytes and reason; good readings around them are stored."""
+    """Each bad-input class is dead-lettered with bytes and reason; good readings go on."""
     running = await ingest()
     bad = bad_messages(settings, fleet)
-    good_topic = native_topic(settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, fleet.containers[0])
+    good_topic = native_topic(
+        settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, fleet.containers[0]
+    )
     start = datetime.now(UTC) - timedelta(hours=1)
     messages: list[tuple[str, bytes]] = []
     for i, (topic, payload, _) in enumerate(bad):
         good = WastePayload(ts=start + timedelta(minutes=i), fill_pct=float(i))
         messages += [(good_topic, encode_native([good])), (topic, payload)]
-    await asyncio.to_thread(publish_messages, settings, messages)
+    await asyncio.to_thread(publish_raw, settings, messages)
 
     async def all_filed() -> bool:
         filed = await pool.fetchval("SELECT count(*) FROM dead_letters")
@@ -74,7 +79,9 @@ async def test_each_bad_input_class_is_dead_lettered_while_ingestion_goes_on(
         return bool(filed == len(bad) and stored == len(bad))
 
     await wait_until(all_filed)
-    rows = await pool.fetch("SELECT topic, payload, reason, detail, first_received_at FROM dead_letters")
+    rows = await pool.fetch(
+        "SELECT topic, payload, reason, detail, first_received_at FROM dead_letters"
+    )
     filed = {(r["topic"], bytes(r["payload"])): r for r in rows}
     for topic, payload, reason in bad:
         row = filed[(topic, payload)]
@@ -95,10 +102,10 @@ async def test_redelivered_dead_letter_is_counted_not_duplicated(
     """The same bad message twice is one dead letter received twice."""
     await ingest()
     topic = native_topic(settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, fleet.containers[0])
-    await asyncio.to_thread(publish_messages, settings, [(topic, b"oops"), (topic, b"oops")])
+    await asyncio.to_thread(publish_raw, settings, [(topic, b"oops"), (topic, b"oops")])
 
     async def counted_twice() -> bool:
-        return bool(await pool.fetchval("SELECT sum(times_received) FROM dead_letters") == 2)  # noqa: PLR2004
+        return bool(await pool.fetchval("SELECT sum(times_received) FROM dead_letters") == 2)
 
     await wait_until(counted_twice)
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 1

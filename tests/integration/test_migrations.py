@@ -12,16 +12,39 @@ from citytel.config import Settings
 from citytel.errors import ConfigurationError
 from citytel.storage.migrate import migrate
 from tests.integration.conftest import SERVER_URL
-from tests.integration.services import drop_database
+from tests.integration.services import drop_database, with_database
 
 pytestmark = pytest.mark.integration
 
 EXPECTED_COLUMNS = {
-    "containers": {"id", "location", "zone", "capacity_l", "depth_mm", "waste_kind", "created_at", "updated_at"},
+    "containers": {
+        "id",
+        "location",
+        "zone",
+        "capacity_l",
+        "depth_mm",
+        "waste_kind",
+        "created_at",
+        "updated_at",
+    },
     "parking_spots": {"id", "location", "zone", "category", "created_at", "updated_at"},
-    "waste_readings": {"container_id", "ts", "fill_pct", "battery_pct", "temperature_c", "received_at"},
+    "waste_readings": {
+        "container_id",
+        "ts",
+        "fill_pct",
+        "battery_pct",
+        "temperature_c",
+        "received_at",
+    },
     "parking_readings": {"spot_id", "ts", "occupied", "battery_pct", "received_at"},
-    "container_latest": {"container_id", "ts", "fill_pct", "battery_pct", "temperature_c", "last_seen"},
+    "container_latest": {
+        "container_id",
+        "ts",
+        "fill_pct",
+        "battery_pct",
+        "temperature_c",
+        "last_seen",
+    },
     "spot_latest": {"spot_id", "ts", "occupied", "battery_pct", "last_seen"},
     "dead_letters": {
         "id",
@@ -42,10 +65,10 @@ EXPECTED_COLUMNS = {
 def empty_database() -> Iterator[str]:
     """A database with nothing in it."""
     name = f"citytel_empty_{uuid.uuid4().hex[:10]}"
-    admin = psycopg.conninfo.make_conninfo(SERVER_URL, dbname="postgres")
+    admin = with_database(SERVER_URL, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    yield psycopg.conninfo.make_conninfo(SERVER_URL, dbname=name)
+    yield with_database(SERVER_URL, name)
     drop_database(SERVER_URL, name)
 
 

@@ -11,7 +11,7 @@ from citytel.storage.migrate import _split_statements, load_migrations, migratio
 
 
 def test_shipped_migrations_are_ordered_and_guarded() -> None:
-    """The shipped files load in order and only the TimescaleDB one is guarded and non-transactional."""
+    """Shipped files load in order; only the TimescaleDB one is guarded and non-transactional."""
     migrations = load_migrations(migrations_dir())
     assert [m.version for m in migrations] == sorted(m.version for m in migrations)
     guarded = [m.name for m in migrations if m.requires_timescaledb]

@@ -159,7 +159,7 @@ def test_encode_round_trips() -> None:
 def test_rejections_name_the_problem(
     kind: DeviceKind, payload: bytes, reason: Reason, words: str
 ) -> None:
-    """Each kind of bad payload is refused with its own reason code and a sentence naming the field."""
+    """Each kind of bad payload is refused with its own reason and a sentence naming the field."""
     error = rejected(kind, payload)
     assert error.reason is reason
     assert words in error.detail

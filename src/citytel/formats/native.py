@@ -31,7 +31,10 @@ _TS_TYPE = "must be an RFC 3339 string with offset or integer epoch milliseconds
 
 def _parse_ts(value: Any) -> datetime:
     # Integers are epoch milliseconds; strings are RFC 3339 with an explicit offset. Anything
-    # else, floats included, is ambiguous and refused rather than guessed at.
+    # else, floats included, is ambiguous and refused rather than guessed at. Aware datetimes
+    # come only from Python callers (the simulators); JSON cannot produce them.
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(value / 1000, tz=UTC)

@@ -126,6 +126,9 @@ class MqttConsumer:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._subscribed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def inbox(self) -> Inbox:
@@ -136,9 +139,16 @@ class MqttConsumer:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    async def wait_subscribed(self) -> None:
+        """Wait until the broker has granted our subscriptions on the current connection."""
+        assert self._subscribed is not None, "start() first"  # noqa: S101
+        await self._subscribed.wait()
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Connect in the background; paho reconnects by itself after any loss."""
+        self._loop = loop
         self._inbox = Inbox(loop)
+        self._subscribed = asyncio.Event()
         host, port = self._settings.mqtt_host_port
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._settings.mqtt_session_expiry_s
@@ -184,14 +194,25 @@ class MqttConsumer:
             return
         with self._ack_lock:
             self._connection += 1
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+        client.subscribe([(topic, 1) for topic in self._subscriptions])
         self._connected.set()
-        log.info(
-            "connected to the broker as %s; subscribed to %s",
-            self._settings.mqtt_client_id,
-            ", ".join(self._subscriptions),
-        )
+        log.info("connected to the broker as %s", self._settings.mqtt_client_id)
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("the broker refused our subscription(s): %s", ", ".join(refused))
+            return
+        log.info("subscribed to %s", ", ".join(self._subscriptions))
+        if self._subscribed is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._subscribed.set)
 
     def _on_disconnect(
         self,

@@ -156,10 +156,23 @@ async def store_with_retry(
         delay = min(delay * 2, max_delay)
 
 
+async def _announce(consumer: MqttConsumer, subscribed: asyncio.Event | None) -> None:
+    await consumer.wait_subscribed()
+    if subscribed is not None:
+        subscribed.set()
+
+
 async def run_ingest(
-    settings: Settings, *, stop: asyncio.Event, database_url: str | None = None
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    subscribed: asyncio.Event | None = None,
+    database_url: str | None = None,
 ) -> IngestStats:
     """Consume the subscription until ``stop`` is set.
+
+    ``subscribed``, when given, is set once the broker has granted the subscription: from then
+    on, every message published to it is ours to store.
 
     Nothing is acknowledged before it is committed: on a crash, the broker redelivers what was
     not acknowledged, and idempotent storage turns the redelivery into a no-op.
@@ -171,6 +184,7 @@ async def run_ingest(
     root = settings.mqtt_topic_root
     consumer = MqttConsumer(settings, [native_subscription(root, settings.mqtt_share_group)])
     consumer.start(asyncio.get_running_loop())
+    announce = asyncio.ensure_future(_announce(consumer, subscribed))
     max_future = timedelta(seconds=settings.ingest_max_future_s)
     flush_after = settings.ingest_flush_ms / 1000
     next_report = asyncio.get_running_loop().time() + settings.ingest_stats_interval_s
@@ -197,6 +211,7 @@ async def run_ingest(
                 log.info("ingest: %s", stats.summary())
                 next_report = now + settings.ingest_stats_interval_s
     finally:
+        announce.cancel()
         consumer.stop()
         await pool.close()
         log.info("ingest stopped: %s", stats.summary())

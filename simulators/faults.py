@@ -1,0 +1,91 @@
+"""Malformed payloads of the kinds real gateways send, to exercise the dead-letter path.
+
+Each payload fault is a function of a well-formed body; the topic faults (``bad_topic``,
+``unknown_device``) keep a well-formed payload and are built by the stream, which owns topics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from citytel.domain import DeviceKind
+
+Body = dict[str, Any]
+
+
+def _dump(body: Any) -> bytes:
+    # allow_nan: a NaN on the wire is one of the faults we want the ingest to see.
+    return json.dumps(body, separators=(",", ":"), allow_nan=True).encode()
+
+
+def _value_field(kind: DeviceKind) -> str:
+    return "fill_pct" if kind is DeviceKind.WASTE else "battery_pct"
+
+
+def _not_json(body: Body, _kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump(body)[:-3]  # a gateway cut off mid-message
+
+
+def _not_utf8(body: Body, _kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump(body).replace(b'"ts"', b'"ts\xe9"')  # Latin-1 from a misconfigured gateway
+
+
+def _not_object(_body: Body, _kind: DeviceKind, _now: datetime) -> bytes:
+    return b"[]"
+
+
+def _wrong_type(body: Body, kind: DeviceKind, _now: datetime) -> bytes:
+    if kind is DeviceKind.WASTE:
+        return _dump({**body, "fill_pct": str(body["fill_pct"])})
+    return _dump({**body, "occupied": "yes"})
+
+
+def _missing_ts(body: Body, _kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump({k: v for k, v in body.items() if k != "ts"})
+
+
+def _out_of_range(body: Body, kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump({**body, _value_field(kind): 140.0 if kind is DeviceKind.WASTE else -5.0})
+
+
+def _not_finite(body: Body, kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump({**body, _value_field(kind): float("nan")})
+
+
+def _ts_before_2000(body: Body, _kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump({**body, "ts": "1970-01-01T00:00:07.000Z"})  # a clock reset to the epoch
+
+
+def _ts_far_future(body: Body, _kind: DeviceKind, now: datetime) -> bytes:
+    future = now + timedelta(days=400)
+    return _dump({**body, "ts": int(future.timestamp() * 1000)})
+
+
+def _ts_without_offset(body: Body, _kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump({**body, "ts": str(body["ts"]).removesuffix("Z")})
+
+
+def _oversize(body: Body, _kind: DeviceKind, _now: datetime) -> bytes:
+    return _dump({**body, "debug_log": "x" * (70 * 1024)})
+
+
+PayloadFault = Callable[[Body, DeviceKind, datetime], bytes]
+
+PAYLOAD_FAULTS: dict[str, PayloadFault] = {
+    "not_json": _not_json,
+    "not_utf8": _not_utf8,
+    "not_object": _not_object,
+    "wrong_type": _wrong_type,
+    "missing_ts": _missing_ts,
+    "out_of_range": _out_of_range,
+    "not_finite": _not_finite,
+    "ts_before_2000": _ts_before_2000,
+    "ts_far_future": _ts_far_future,
+    "ts_without_offset": _ts_without_offset,
+    "oversize": _oversize,
+}
+TOPIC_FAULTS = ("bad_topic", "unknown_device")
+FAULTS = (*PAYLOAD_FAULTS, *TOPIC_FAULTS)
