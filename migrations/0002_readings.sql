@@ -7,9 +7,9 @@
 CREATE TABLE waste_readings (
     container_id   text NOT NULL,
     ts             timestamptz NOT NULL,
-    fill_pct       real NOT NULL CHECK (fill_pct BETWEEN 0 AND 100),
-    battery_pct    real CHECK (battery_pct BETWEEN 0 AND 100),
-    temperature_c  real,
+    fill_pct       double precision NOT NULL CHECK (fill_pct BETWEEN 0 AND 100),
+    battery_pct    double precision CHECK (battery_pct BETWEEN 0 AND 100),
+    temperature_c  double precision,
     received_at    timestamptz NOT NULL,
     PRIMARY KEY (container_id, ts)
 );
@@ -18,7 +18,7 @@ CREATE TABLE parking_readings (
     spot_id      text NOT NULL,
     ts           timestamptz NOT NULL,
     occupied     boolean NOT NULL,
-    battery_pct  real CHECK (battery_pct BETWEEN 0 AND 100),
+    battery_pct  double precision CHECK (battery_pct BETWEEN 0 AND 100),
     received_at  timestamptz NOT NULL,
     PRIMARY KEY (spot_id, ts)
 );
@@ -28,9 +28,9 @@ CREATE TABLE parking_readings (
 CREATE TABLE container_latest (
     container_id   text PRIMARY KEY REFERENCES containers (id) ON DELETE CASCADE,
     ts             timestamptz NOT NULL,
-    fill_pct       real NOT NULL,
-    battery_pct    real,
-    temperature_c  real,
+    fill_pct       double precision NOT NULL,
+    battery_pct    double precision,
+    temperature_c  double precision,
     last_seen      timestamptz NOT NULL
 ) WITH (fillfactor = 70);
 CREATE INDEX container_latest_fill_idx ON container_latest (fill_pct DESC);
@@ -39,7 +39,7 @@ CREATE TABLE spot_latest (
     spot_id      text PRIMARY KEY REFERENCES parking_spots (id) ON DELETE CASCADE,
     ts           timestamptz NOT NULL,
     occupied     boolean NOT NULL,
-    battery_pct  real,
+    battery_pct  double precision,
     last_seen    timestamptz NOT NULL
 ) WITH (fillfactor = 70);
 

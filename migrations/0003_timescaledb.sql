@@ -34,7 +34,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS waste_fill_hourly
 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT container_id,
        time_bucket(INTERVAL '1 hour', ts) AS bucket,
-       avg(fill_pct)::real AS mean_fill_pct,
+       avg(fill_pct) AS mean_fill_pct,
        max(fill_pct) AS max_fill_pct,
        count(*) AS readings
 FROM waste_readings
@@ -45,7 +45,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS parking_occupancy_hourly
 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT spot_id,
        time_bucket(INTERVAL '1 hour', ts) AS bucket,
-       avg(occupied::int)::real AS occupied_ratio,
+       avg(occupied::int)::float8 AS occupied_ratio,
        count(*) AS readings
 FROM parking_readings
 GROUP BY spot_id, bucket

@@ -8,7 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 from citytel.config import Settings, get_settings
@@ -123,11 +123,12 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         f"  readiness       {base}/readyz\n\n"
     )
     sys.stdout.flush()
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     try:
-        while all(p.poll() is None for p in processes.values()):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        while not stopping.is_set() and all(p.poll() is None for p in processes.values()):
+            stopping.wait(0.5)
     finally:
         for proc in processes.values():
             if proc.poll() is None:

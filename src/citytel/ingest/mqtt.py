@@ -129,6 +129,7 @@ class MqttConsumer:
         self._client.on_subscribe = self._on_subscribe
         self._subscribed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
 
     @property
     def inbox(self) -> Inbox:
@@ -166,6 +167,7 @@ class MqttConsumer:
 
     def stop(self) -> None:
         """Disconnect without acknowledging anything more; the session keeps the rest."""
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -227,6 +229,9 @@ class MqttConsumer:
             old = self._connection
             self._connection += 1
         dropped = self._inbox.discard_connection(old) if self._inbox else 0
+        if self._stopping:
+            log.info("disconnected from the broker; %d messages left to the session", dropped)
+            return
         log.warning(
             "disconnected from the broker (%s); %d unacknowledged messages will be redelivered",
             reason,

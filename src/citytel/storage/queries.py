@@ -21,7 +21,7 @@ SELECT {_CONTAINER_COLUMNS}, count(*) OVER () AS total
 FROM containers c
 LEFT JOIN container_latest l ON l.container_id = c.id
 WHERE ($1::text IS NULL OR c.zone = $1)
-  AND ($2::real IS NULL OR l.fill_pct >= $2)
+  AND ($2::float8 IS NULL OR l.fill_pct >= $2)
   AND ($3::float8 IS NULL
        OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
 ORDER BY l.fill_pct DESC NULLS LAST, c.id

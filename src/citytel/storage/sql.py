@@ -8,7 +8,7 @@ KNOWN_SPOTS = "SELECT id FROM parking_spots WHERE id = ANY($1::text[])"
 # history without overwriting the present; last_seen still records that the device spoke.
 STORE_WASTE = """
 WITH batch AS (
-    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::real[], $4::real[], $5::real[],
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
                          $6::timestamptz[])
         AS r(container_id, ts, fill_pct, battery_pct, temperature_c, received_at)
 ), inserted AS (
@@ -41,7 +41,7 @@ SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM latest
 
 STORE_PARKING = """
 WITH batch AS (
-    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::boolean[], $4::real[],
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::boolean[], $4::float8[],
                          $5::timestamptz[])
         AS r(spot_id, ts, occupied, battery_pct, received_at)
 ), inserted AS (
