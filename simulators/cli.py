@@ -25,19 +25,50 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        message = f"{text} is not a positive number"
+        raise argparse.ArgumentTypeError(message)
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        message = f"{text} is not a number of seconds"
+        raise argparse.ArgumentTypeError(message)
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        message = f"{text} is not a positive whole number"
+        raise argparse.ArgumentTypeError(message)
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's options to ``parser``."""
     parser.add_argument("--fleet", help="fleet GeoJSON file (default: the configured fleet file)")
-    parser.add_argument("--containers", type=int, help="simulate the first N containers (all)")
-    parser.add_argument("--spots", type=int, help="simulate the first N spots (all)")
-    parser.add_argument("--rate", type=float, default=200.0, help="messages per second (200)")
-    parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: forever)")
-    parser.add_argument("--count", type=int, help="stop after N messages")
+    parser.add_argument("--containers", type=_count, help="simulate the first N containers (all)")
+    parser.add_argument("--spots", type=_count, help="simulate the first N spots (all)")
+    parser.add_argument("--rate", type=_positive, default=200.0, help="messages per second (200)")
+    parser.add_argument(
+        "--duration", type=_seconds, default=0.0, help="seconds to run (0: forever)"
+    )
+    parser.add_argument("--count", type=_count, help="stop after N messages")
     parser.add_argument("--seed", type=int, default=2026, help="random seed (2026)")
     parser.add_argument(
-        "--speedup", type=float, default=60.0, help="simulated seconds per wall-clock second (60)"
+        "--speedup",
+        type=_positive,
+        default=60.0,
+        help="simulated seconds per wall-clock second (60)",
     )
-    parser.add_argument("--gateways", type=int, default=4, help="gateways gw-01.. to spread over")
+    parser.add_argument(
+        "--gateways", type=_count, default=4, help="gateways gw-01.. to spread over"
+    )
     for fault in ("malformed", "duplicate", "out-of-order"):
         parser.add_argument(
             f"--{fault}-ratio", type=_ratio, default=0.0, help=f"share of {fault} messages (0)"

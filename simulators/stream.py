@@ -93,6 +93,8 @@ class StreamConfig:
         elif not 0 < self.rate <= 500 * devices:
             # Two readings of one device less than a millisecond apart would share a wire ts.
             problem = f"rate must be in (0, {500 * devices}] messages/s for {devices} devices"
+        elif self.history < timedelta(0):
+            problem = "history must not be negative"
         elif self.speedup < 1:
             problem = "speedup must be at least 1"
         elif self.gateways < 1:
@@ -139,6 +141,9 @@ class _Stream:
 
     def __post_init__(self) -> None:
         self.config.check(len(self.fleet.containers) + len(self.fleet.spots))
+        if self.start.utcoffset() is None:
+            message = "start must be a timezone-aware datetime"
+            raise ValueError(message)
         self.rng = random.Random(self.config.seed)
         origin = self.start - self.config.history
         for container in self.fleet.containers:
@@ -269,7 +274,8 @@ def simulate(fleet: Fleet, start: datetime, config: StreamConfig) -> Iterator[Si
     ``itertools.islice``; publish each no earlier than its ``due`` time.
 
     Raises:
-        ValueError: from ``StreamConfig.check``, at the call rather than at the first message.
+        ValueError: from ``StreamConfig.check``, or for a naive ``start``; at the call rather
+            than at the first message.
     """
     return _messages(_Stream(fleet, start, config))
 

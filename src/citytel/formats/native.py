@@ -65,7 +65,7 @@ class _Payload(BaseModel):
     ts: datetime
     battery_pct: Percent | None = None
 
-    @field_validator("ts", mode="plain")
+    @field_validator("ts", mode="before")
     @classmethod
     def _ts(cls, value: Any) -> datetime:
         return _parse_ts(value)
