@@ -20,6 +20,9 @@ class Reason(enum.StrEnum):
     BAD_TOPIC = "bad_topic"
     UNKNOWN_DEVICE = "unknown_device"
     STORAGE_REJECTED = "storage_rejected"
+    UNDECODABLE = "undecodable"
+    UNKNOWN_MODEL = "unknown_model"
+    MISCONFIGURED_DEVICE = "misconfigured_device"
 
 
 class DeviceKind(enum.StrEnum):
@@ -59,6 +62,37 @@ class ParkingReading:
 
 
 Reading = WasteReading | ParkingReading
+
+
+class HealthKind(enum.StrEnum):
+    """What a sensor frame that is not a measurement says about the sensor itself."""
+
+    HEARTBEAT = "heartbeat"
+    STARTUP = "startup"
+    TILTED = "tilted"
+    NO_ECHO = "no_echo"
+    DISTANCE_BEYOND_DEPTH = "distance_beyond_depth"
+    BATTERY = "battery"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthEvent:
+    """Something a sensor said about itself: alive, restarted, tilted, blind, or its battery.
+
+    A level sensor that is tilted or hears no echo reports a distance that is no fill level;
+    it becomes a health event instead of a reading, so the container's fill is not corrupted.
+    """
+
+    device_kind: DeviceKind
+    device_id: str
+    ts: datetime
+    event: HealthKind
+    battery_pct: float | None = None
+    temperature_c: float | None = None
+    detail: str = ""
+
+
+Outcome = WasteReading | ParkingReading | HealthEvent
 
 
 @dataclass(frozen=True, slots=True)

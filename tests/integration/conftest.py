@@ -21,7 +21,7 @@ import uvicorn
 
 from citytel.api.app import create_app
 from citytel.config import Settings
-from citytel.domain import DeviceKind
+from citytel.domain import DeviceKind, Reason
 from citytel.formats.native import WastePayload
 from citytel.ingest.pipeline import IngestStats, run_ingest
 from citytel.storage.fleet import import_fleet
@@ -53,19 +53,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="session")
-def template_db() -> Iterator[str]:
+def pg_server_url() -> str:
+    """The PostgreSQL server the tests create their databases on."""
+    return SERVER_URL
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> Iterator[str]:
     """A migrated template database, cloned for each test."""
-    name = create_template(SERVER_URL)
+    name = create_template(pg_server_url)
     yield name
-    drop_database(SERVER_URL, name)
+    drop_database(pg_server_url, name)
 
 
 @pytest.fixture
-def database_url(template_db: str) -> Iterator[str]:
+def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own."""
-    url = clone_database(SERVER_URL, template_db)
+    url = clone_database(pg_server_url, template_db)
     yield url
-    drop_database(SERVER_URL, urlsplit(url).path.lstrip("/"))
+    drop_database(pg_server_url, urlsplit(url).path.lstrip("/"))
 
 
 @pytest.fixture
@@ -230,6 +236,16 @@ def publish_stream(settings: Settings, messages: list[SimulatedMessage]) -> None
     assert stats.complete, stats
 
 
+async def count_readings(pool: asyncpg.Pool, *, at_least: int | None = None) -> Any:
+    """How many readings are stored; with ``at_least``, whether there are that many."""
+    value = int(
+        await pool.fetchval(
+            "SELECT (SELECT count(*) FROM waste_readings) + (SELECT count(*) FROM parking_readings)"
+        )
+    )
+    return value if at_least is None else value >= at_least
+
+
 async def stored_readings(
     pool: asyncpg.Pool,
 ) -> dict[tuple[DeviceKind, str, datetime], tuple[Any, ...]]:
@@ -292,3 +308,28 @@ def raw_message(topic: str, payload: bytes) -> SimulatedMessage:
 def publish_raw(settings: Settings, messages: list[tuple[str, bytes]]) -> None:
     """Publish hand-made (topic, payload) pairs and wait for every acknowledgement."""
     publish_stream(settings, [raw_message(topic, payload) for topic, payload in messages])
+
+
+FAULT_REASONS = {
+    "not_json": Reason.INVALID_JSON,
+    "not_utf8": Reason.NOT_UTF8,
+    "not_object": Reason.WRONG_TYPE,
+    "wrong_type": Reason.WRONG_TYPE,
+    "missing_ts": Reason.MISSING_FIELD,
+    "out_of_range": Reason.OUT_OF_RANGE,
+    "not_finite": Reason.OUT_OF_RANGE,
+    "ts_before_2000": Reason.BAD_TIMESTAMP,
+    "ts_far_future": Reason.BAD_TIMESTAMP,
+    "ts_without_offset": Reason.BAD_TIMESTAMP,
+    "oversize": Reason.PAYLOAD_TOO_LARGE,
+    "bad_topic": Reason.BAD_TOPIC,
+    "unknown_device": Reason.UNKNOWN_DEVICE,
+}
+
+
+async def assert_dead_lettered(pool: asyncpg.Pool, truth: GroundTruth) -> None:
+    """Every malformed message, and nothing else, is a dead letter with its fault's reason."""
+    rows = await pool.fetch("SELECT topic, payload, reason FROM dead_letters")
+    found = {(r["topic"], bytes(r["payload"])): r["reason"] for r in rows}
+    expected = {(m.topic, m.payload): FAULT_REASONS[str(m.fault)].value for m in truth.rejected}
+    assert found == expected

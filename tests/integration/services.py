@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import os
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -136,3 +138,73 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def _postgres_bindir() -> Path:
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+    )
+    if candidates:
+        return candidates[-1].parent
+    found = shutil.which("initdb")
+    if found is None:
+        message = "initdb not found: install PostgreSQL (scripts/bootstrap.sh does)"
+        raise RuntimeError(message)
+    return Path(found).resolve().parent
+
+
+@dataclass
+class PgCluster:
+    """A PostgreSQL cluster of the tests' own (initdb + pg_ctl), to stop and start at will."""
+
+    port: int
+    datadir: Path
+    bindir: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root.
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True)
+
+    def init(self) -> None:
+        self.datadir.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir.parent, "postgres")
+            shutil.chown(self.datadir, "postgres")
+            self.datadir.parent.chmod(0o755)
+        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir}"
+            " -c max_connections=100 -c shared_buffers=64MB"
+        )
+        # The server's output goes to a file: a pipe held open by it would block us forever.
+        log = str(self.datadir.parent / "postgres.log")
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-l", log, "-o", options, "-w", "-t", "30", "start"
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "30", "stop")
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[PgCluster]:
+    """A fresh PostgreSQL cluster on a free port for the duration of the block."""
+    root = Path(tempfile.mkdtemp(prefix="citytel-pg-"))
+    cluster = PgCluster(port=free_port(), datadir=root / "data", bindir=_postgres_bindir())
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)

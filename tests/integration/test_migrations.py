@@ -11,7 +11,6 @@ import pytest
 from citytel.config import Settings
 from citytel.errors import ConfigurationError
 from citytel.storage.migrate import migrate
-from tests.integration.conftest import SERVER_URL
 from tests.integration.services import drop_database, with_database
 
 pytestmark = pytest.mark.integration
@@ -62,14 +61,14 @@ EXPECTED_COLUMNS = {
 
 
 @pytest.fixture
-def empty_database() -> Iterator[str]:
+def empty_database(pg_server_url: str) -> Iterator[str]:
     """A database with nothing in it."""
     name = f"citytel_empty_{uuid.uuid4().hex[:10]}"
-    admin = with_database(SERVER_URL, "postgres")
+    admin = with_database(pg_server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    yield with_database(SERVER_URL, name)
-    drop_database(SERVER_URL, name)
+    yield with_database(pg_server_url, name)
+    drop_database(pg_server_url, name)
 
 
 def schema(url: str) -> dict[str, set[str]]:

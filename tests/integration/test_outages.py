@@ -52,7 +52,7 @@ async def test_database_outage_holds_acks_then_resumes(
     publishing = asyncio.create_task(asyncio.to_thread(publish_stream, settings, messages))
 
     async def some_stored() -> bool:
-        return await count_readings(pool) >= 500  # noqa: PLR2004
+        return await count_readings(pool) >= 500
 
     await wait_until(some_stored)
     await db_proxy.cut()

@@ -1,0 +1,72 @@
+"""The hand-over from paho's thread to asyncio, taken in batches by size or by timer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+
+from citytel.ingest.mqtt import InboundMessage, Inbox
+
+
+def message(mid: int, connection: int = 1) -> InboundMessage:
+    return InboundMessage(
+        topic="t",
+        payload=b"{}",
+        received_at=datetime.now(UTC),
+        mid=mid,
+        qos=1,
+        connection=connection,
+    )
+
+
+async def test_full_batch_is_returned_at_once() -> None:
+    """When a batch's worth is waiting, it is returned without waiting for the timer."""
+    inbox = Inbox(asyncio.get_running_loop())
+    for mid in range(25):
+        inbox.put(message(mid))
+    async with asyncio.timeout(0.5):
+        batch = await inbox.get_batch(10, max_wait=60)
+    assert [m.mid for m in batch] == list(range(10))
+    assert len(inbox) == 15
+
+
+async def test_partial_batch_flushes_on_timer() -> None:
+    """A partial batch is returned once the flush interval after its first message has passed."""
+    inbox = Inbox(asyncio.get_running_loop())
+    inbox.put(message(1))
+    async with asyncio.timeout(2):
+        batch = await inbox.get_batch(100, max_wait=0.05)
+    assert [m.mid for m in batch] == [1]
+
+
+async def test_messages_from_another_thread_wake_the_waiting_loop() -> None:
+    """A waiting consumer wakes when paho's thread delivers, and keeps arrival order."""
+    inbox = Inbox(asyncio.get_running_loop())
+
+    def deliver() -> None:
+        for mid in range(50):
+            inbox.put(message(mid))
+
+    waiter = asyncio.create_task(inbox.get_batch(50, max_wait=1))
+    await asyncio.sleep(0.01)
+    threading.Thread(target=deliver).start()
+    async with asyncio.timeout(5):
+        batch = await waiter
+    taken = [m.mid for m in batch]
+    while len(taken) < 50:
+        async with asyncio.timeout(5):
+            taken += [m.mid for m in await inbox.get_batch(50, max_wait=0.05)]
+    assert taken == list(range(50))
+
+
+async def test_discarding_an_old_connection_keeps_the_new_one() -> None:
+    """After a reconnect, what the old connection delivered is dropped: the broker resends it."""
+    inbox = Inbox(asyncio.get_running_loop())
+    for mid in range(3):
+        inbox.put(message(mid, connection=1))
+    inbox.put(message(7, connection=2))
+    assert inbox.discard_connection(1) == 3
+    async with asyncio.timeout(1):
+        batch = await inbox.get_batch(10, max_wait=0.01)
+    assert [(m.mid, m.connection) for m in batch] == [(7, 2)]
