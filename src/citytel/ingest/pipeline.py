@@ -182,7 +182,7 @@ async def run_ingest(
     if pool is None:
         return stats
     root = settings.mqtt_topic_root
-    consumer = MqttConsumer(settings, [native_subscription(root, settings.mqtt_share_group)])
+    consumer = MqttConsumer(settings, [native_subscription(root, settings.mqtt_share_group or None)])
     consumer.start(asyncio.get_running_loop())
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     max_future = timedelta(seconds=settings.ingest_max_future_s)
