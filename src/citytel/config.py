@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)
     mqtt_keepalive_s: int = Field(default=30, ge=5)
+    mqtt_lorawan: bool = True
 
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_flush_ms: int = Field(default=100, ge=1)
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     timescale_retention: str = "400 days"
 
     fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
+    sensor_profiles_dir: Path | None = None
     log_level: str = "INFO"
 
     @field_validator("mqtt_topic_root")
@@ -71,6 +73,16 @@ class Settings(BaseSettings):
             message = f"CITYTEL_MQTT_URL must look like mqtt://host:1883, got {self.mqtt_url!r}"
             raise ConfigurationError(message)
         return parts.hostname, parts.port or 1883
+
+    @property
+    def profiles_dir(self) -> Path:
+        """The device profiles: the configured directory, else the ones shipped with citytel."""
+        if self.sensor_profiles_dir is not None:
+            return self.sensor_profiles_dir
+        packaged = Path(__file__).resolve().parent / "profiles"
+        if packaged.is_dir():
+            return packaged
+        return Path(__file__).resolve().parents[2] / "sensors" / "profiles"
 
 
 @lru_cache(maxsize=1)

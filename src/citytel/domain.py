@@ -116,3 +116,5 @@ class DecodedMessage:
     topic: str
     payload: bytes
     received_at: datetime
+    events: tuple[HealthEvent, ...] = ()
+    f_cnt: int | None = None

@@ -23,6 +23,7 @@ EXPECTED_COLUMNS = {
         "capacity_l",
         "depth_mm",
         "waste_kind",
+        "full_mark_mm",
         "created_at",
         "updated_at",
     },
@@ -34,8 +35,9 @@ EXPECTED_COLUMNS = {
         "battery_pct",
         "temperature_c",
         "received_at",
+        "f_cnt",
     },
-    "parking_readings": {"spot_id", "ts", "occupied", "battery_pct", "received_at"},
+    "parking_readings": {"spot_id", "ts", "occupied", "battery_pct", "received_at", "f_cnt"},
     "container_latest": {
         "container_id",
         "ts",
@@ -57,6 +59,18 @@ EXPECTED_COLUMNS = {
         "times_received",
     },
     "schema_migrations": {"version", "name", "checksum", "applied_at"},
+    "sensors": {"id", "container_id", "spot_id", "model", "dev_eui", "network_device_id"},
+    "device_events": {
+        "device_kind",
+        "device_id",
+        "ts",
+        "event",
+        "battery_pct",
+        "temperature_c",
+        "detail",
+        "f_cnt",
+        "received_at",
+    },
 }
 
 
@@ -87,7 +101,7 @@ def schema(url: str) -> dict[str, set[str]]:
 def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
     """The first run creates the expected schema; the second applies nothing and changes nothing."""
     first = migrate(Settings(), database_url=empty_database)
-    assert first.applied == ["0001_registry", "0002_readings"]
+    assert first.applied == ["0001_registry", "0002_readings", "0004_sensors"]
     assert first.timescaledb is False
     assert first.skipped == ["0003_timescaledb"]
     assert schema(empty_database) == EXPECTED_COLUMNS
@@ -100,7 +114,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         geography = conn.execute(
             "SELECT type FROM geography_columns WHERE f_table_name = 'parking_spots'"
         ).fetchone()
-    assert recorded == [("0001",), ("0002",)]
+    assert recorded == [("0001",), ("0002",), ("0004",)]
     assert geography == ("Point",)
 
 

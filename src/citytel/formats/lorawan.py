@@ -27,3 +27,8 @@ def decode_lorawan(topic: str, payload: bytes, *, now: datetime) -> Uplink | Non
         f"topic {topic!r} is neither The Things Stack (v3/...) nor ChirpStack (application/...)"
     )
     raise RejectedMessage(Reason.BAD_TOPIC, detail)
+
+
+def is_lorawan_topic(topic: str) -> bool:
+    """Whether a topic is a network server's rather than citytel's own."""
+    return topic.startswith(("v3/", "application/"))

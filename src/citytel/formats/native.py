@@ -116,7 +116,10 @@ def _describe(error: ValidationError, index: int | None) -> RejectedMessage:
     return RejectedMessage(Reason.WRONG_TYPE, f"{where}{field}: {first['msg']}")
 
 
-def _check_window(ts: datetime, now: datetime, max_future: timedelta, index: int | None) -> None:
+def check_timestamp_window(
+    ts: datetime, now: datetime, max_future: timedelta, index: int | None = None
+) -> None:
+    """Refuse a time before 2000 or more than ``max_future`` ahead of ``now`` (bad_timestamp)."""
     where = f"reading {index}: " if index is not None else ""
     if ts < EARLIEST_TS:
         detail = f"{where}ts {ts.isoformat()} is before 2000-01-01; is the sensor clock set?"
@@ -183,7 +186,7 @@ def decode_native(
             parsed = model.model_validate(item)
         except ValidationError as exc:
             raise _describe(exc, index) from exc
-        _check_window(parsed.ts, now, max_future, index)
+        check_timestamp_window(parsed.ts, now, max_future, index)
         readings.append(_to_reading(device_id, parsed))
     return readings
 

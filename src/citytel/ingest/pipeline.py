@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from citytel.config import Settings
+from citytel.decoding.profiles import DeviceProfile, load_profiles
 from citytel.domain import DeadLetter, DecodedMessage, Reason
 from citytel.errors import RejectedMessage, StorageError, TransientStorageError
+from citytel.formats.chirpstack import chirpstack_subscriptions
+from citytel.formats.lorawan import decode_lorawan, is_lorawan_topic
 from citytel.formats.native import decode_native
 from citytel.formats.topics import native_subscription, parse_native_topic
+from citytel.formats.ttn import ttn_subscriptions
+from citytel.ingest.lorawan import PendingUplink, interpret
 from citytel.ingest.mqtt import InboundMessage, MqttConsumer
 from citytel.storage.pool import wait_for_pool
+from citytel.storage.sensors import resolve_sensors
 from citytel.storage.writer import BatchOutcome, store_batch, store_dead_letters
 
 log = logging.getLogger(__name__)
@@ -33,47 +39,70 @@ class IngestStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     retries: int = 0
+    ignored: int = 0
+    events: int = 0
 
     def add(self, messages: int, outcome: BatchOutcome) -> None:
         self.messages += messages
         self.readings_stored += outcome.stored
         self.duplicates += outcome.duplicates
         self.dead_letters.update(outcome.dead_letters)
+        self.events += outcome.events
         self.batches += 1
 
     def summary(self) -> str:
         dead = ", ".join(f"{k}={v}" for k, v in sorted(self.dead_letters.items())) or "none"
         return (
             f"messages={self.messages} stored={self.readings_stored} "
-            f"duplicates={self.duplicates} batches={self.batches} retries={self.retries} "
+            f"duplicates={self.duplicates} events={self.events} ignored={self.ignored} "
+            f"batches={self.batches} retries={self.retries} "
             f"dead_letters: {dead}"
         )
 
 
+@dataclass
+class Triage:
+    """A batch sorted by what happens next."""
+
+    decoded: list[DecodedMessage] = field(default_factory=list)
+    uplinks: list[PendingUplink] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    ignored: int = 0
+
+
+def _letter(message: InboundMessage, exc: RejectedMessage) -> DeadLetter:
+    return DeadLetter(message.topic, message.payload, exc.reason, exc.detail, message.received_at)
+
+
 def triage(
     messages: Sequence[InboundMessage], *, root: str, now: datetime, max_future: timedelta
-) -> tuple[list[DecodedMessage], list[DeadLetter]]:
-    """Decode each message into readings, or into a dead letter saying why it cannot be read."""
-    decoded: list[DecodedMessage] = []
-    dead: list[DeadLetter] = []
+) -> Triage:
+    """Read each message's topic and payload, without the database.
+
+    citytel's own topics become readings; network-server uplinks wait for their sensor's
+    registry entry; other network-server events (joins, acks, ...) are ignored; anything that
+    cannot be read becomes a dead letter saying why.
+    """
+    result = Triage()
     for message in messages:
         try:
+            if is_lorawan_topic(message.topic):
+                uplink = decode_lorawan(message.topic, message.payload, now=now)
+                if uplink is None:
+                    result.ignored += 1
+                else:
+                    result.uplinks.append(
+                        PendingUplink(uplink, message.topic, message.payload, message.received_at)
+                    )
+                continue
             address = parse_native_topic(root, message.topic)
             readings = decode_native(
                 address.kind, address.device_id, message.payload, now=now, max_future=max_future
             )
         except RejectedMessage as exc:
-            dead.append(
-                DeadLetter(
-                    topic=message.topic,
-                    payload=message.payload,
-                    reason=exc.reason,
-                    detail=exc.detail,
-                    received_at=message.received_at,
-                )
-            )
+            result.dead.append(_letter(message, exc))
             continue
-        decoded.append(
+        result.decoded.append(
             DecodedMessage(
                 kind=address.kind,
                 device_id=address.device_id,
@@ -83,7 +112,46 @@ def triage(
                 received_at=message.received_at,
             )
         )
-    return decoded, dead
+    return result
+
+
+@dataclass(frozen=True)
+class Decoders:
+    """What reading a batch needs besides the messages: the topic root and device profiles."""
+
+    root: str
+    profiles: Mapping[str, DeviceProfile]
+    max_future: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Decoders:
+        """Load the device profiles named by the settings."""
+        return cls(
+            root=settings.mqtt_topic_root,
+            profiles=load_profiles(settings.profiles_dir),
+            max_future=timedelta(seconds=settings.ingest_max_future_s),
+        )
+
+
+async def read_batch(
+    pool: asyncpg.Pool, messages: Sequence[InboundMessage], decoders: Decoders
+) -> tuple[list[DecodedMessage], list[DeadLetter], int]:
+    """Decode a batch, looking up LoRaWAN sensors in the registry: (decoded, dead, ignored)."""
+    now = datetime.now(UTC)
+    sorted_out = triage(messages, root=decoders.root, now=now, max_future=decoders.max_future)
+    decoded, dead = sorted_out.decoded, sorted_out.dead
+    if sorted_out.uplinks:
+        sensors = await resolve_sensors(
+            pool,
+            {p.uplink.dev_eui for p in sorted_out.uplinks if p.uplink.dev_eui},
+            {p.uplink.device_id for p in sorted_out.uplinks if p.uplink.device_id},
+        )
+        more, more_dead = interpret(
+            sorted_out.uplinks, sensors, decoders.profiles, now=now, max_future=decoders.max_future
+        )
+        decoded += more
+        dead += more_dead
+    return decoded, dead, sorted_out.ignored
 
 
 async def _sleep_unless(stop: asyncio.Event, delay: float) -> bool:
@@ -127,19 +195,30 @@ async def _store_one_by_one(
     return total
 
 
-async def store_with_retry(
+def subscriptions(settings: Settings) -> list[str]:
+    """citytel's own topics, and the network servers' when LoRaWAN ingestion is on."""
+    group = settings.mqtt_share_group or None
+    topics = [native_subscription(settings.mqtt_topic_root, group)]
+    if settings.mqtt_lorawan:
+        topics += ttn_subscriptions(group) + chirpstack_subscriptions(group)
+    return topics
+
+
+async def process_with_retry(
     pool: asyncpg.Pool,
-    decoded: list[DecodedMessage],
-    dead: list[DeadLetter],
+    batch: Sequence[InboundMessage],
+    decoders: Decoders,
     *,
     stop: asyncio.Event,
     stats: IngestStats,
     max_delay: float = 10.0,
 ) -> BatchOutcome | None:
-    """Store a batch, retrying through outages; None when stopped before it could commit."""
+    """Decode and store a batch, retrying through outages; None when stopped before a commit."""
     delay = 0.2
     while True:
         try:
+            decoded, dead, ignored = await read_batch(pool, batch, decoders)
+            stats.ignored += ignored
             return await store_batch(pool, decoded, dead)
         except TransientStorageError as exc:
             stats.retries += 1
@@ -181,11 +260,10 @@ async def run_ingest(
     pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
     if pool is None:
         return stats
-    root = settings.mqtt_topic_root
-    consumer = MqttConsumer(settings, [native_subscription(root, settings.mqtt_share_group or None)])
+    decoders = Decoders.from_settings(settings)
+    consumer = MqttConsumer(settings, subscriptions(settings))
     consumer.start(asyncio.get_running_loop())
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
-    max_future = timedelta(seconds=settings.ingest_max_future_s)
     flush_after = settings.ingest_flush_ms / 1000
     next_report = asyncio.get_running_loop().time() + settings.ingest_stats_interval_s
     try:
@@ -200,8 +278,7 @@ async def run_ingest(
                 batch_task.cancel()
                 break
             batch = batch_task.result()
-            decoded, dead = triage(batch, root=root, now=datetime.now(UTC), max_future=max_future)
-            outcome = await store_with_retry(pool, decoded, dead, stop=stop, stats=stats)
+            outcome = await process_with_retry(pool, batch, decoders, stop=stop, stats=stats)
             if outcome is None:
                 break
             consumer.ack(batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,19 @@ import asyncpg
 
 from citytel.errors import ConfigurationError
 from citytel.formats.topics import is_valid_id
-from citytel.storage.pool import connection
+from citytel.storage.pool import Connection, connection
 
 UPSERT_CONTAINERS = """
-INSERT INTO containers AS c (id, location, zone, capacity_l, depth_mm, waste_kind)
+INSERT INTO containers AS c (id, location, zone, capacity_l, depth_mm, waste_kind, full_mark_mm)
 SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, capacity_l, depth_mm,
-       waste_kind
-FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::int[], $6::int[], $7::text[])
-    AS f(id, lon, lat, zone, capacity_l, depth_mm, waste_kind)
+       waste_kind, full_mark_mm
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::int[], $6::int[], $7::text[],
+            $8::int[])
+    AS f(id, lon, lat, zone, capacity_l, depth_mm, waste_kind, full_mark_mm)
 ON CONFLICT (id) DO UPDATE SET
     location = EXCLUDED.location, zone = EXCLUDED.zone, capacity_l = EXCLUDED.capacity_l,
-    depth_mm = EXCLUDED.depth_mm, waste_kind = EXCLUDED.waste_kind, updated_at = now()
+    depth_mm = EXCLUDED.depth_mm, waste_kind = EXCLUDED.waste_kind,
+    full_mark_mm = EXCLUDED.full_mark_mm, updated_at = now()
 """
 
 UPSERT_SPOTS = """
@@ -35,6 +38,26 @@ ON CONFLICT (id) DO UPDATE SET
     location = EXCLUDED.location, zone = EXCLUDED.zone, category = EXCLUDED.category,
     updated_at = now()
 """
+
+
+# A device's sensor may be swapped: the binding follows the container or spot.
+UPSERT_CONTAINER_SENSORS = """
+INSERT INTO sensors (container_id, model, dev_eui, network_device_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+ON CONFLICT (container_id) DO UPDATE SET
+    model = EXCLUDED.model, dev_eui = EXCLUDED.dev_eui,
+    network_device_id = EXCLUDED.network_device_id
+"""
+
+UPSERT_SPOT_SENSORS = """
+INSERT INTO sensors (spot_id, model, dev_eui, network_device_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+ON CONFLICT (spot_id) DO UPDATE SET
+    model = EXCLUDED.model, dev_eui = EXCLUDED.dev_eui,
+    network_device_id = EXCLUDED.network_device_id
+"""
+
+_DEV_EUI = re.compile(r"^[0-9A-Fa-f]{16}$")
 
 
 @dataclass(frozen=True)
@@ -94,6 +117,45 @@ def _positive_int(feature: _Feature, name: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class _Sensor:
+    model: str
+    dev_eui: str | None
+    network_device_id: str | None
+
+
+def _sensor(feature: _Feature) -> _Sensor | None:
+    model = feature.props.get("device_model")
+    eui = feature.props.get("dev_eui")
+    device = feature.props.get("network_device_id")
+    if model is None and eui is None and device is None:
+        return None
+    where = f"{feature.id}: properties"
+    if not isinstance(model, str) or not model:
+        message = f"{where}.device_model is required with dev_eui or network_device_id"
+        raise ConfigurationError(message)
+    if eui is not None and (not isinstance(eui, str) or not _DEV_EUI.match(eui)):
+        message = f"{where}.dev_eui {eui!r} must be 16 hexadecimal digits"
+        raise ConfigurationError(message)
+    if device is not None and (not isinstance(device, str) or not device):
+        message = f"{where}.network_device_id must be a non-empty string"
+        raise ConfigurationError(message)
+    if eui is None and device is None:
+        message = f"{where}: a sensor needs a dev_eui or a network_device_id"
+        raise ConfigurationError(message)
+    return _Sensor(model, eui.upper() if eui else None, device)
+
+
+def _optional_int(feature: _Feature, name: str) -> int | None:
+    value = feature.props.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        message = f"{feature.id}: properties.{name} must be a non-negative integer"
+        raise ConfigurationError(message)
+    return value
+
+
 def parse_fleet(document: Any) -> tuple[list[_Feature], list[_Feature]]:
     """Containers and spots of a FeatureCollection, checked.
 
@@ -133,7 +195,9 @@ async def import_fleet(pool: asyncpg.Pool, path: Path) -> FleetImport:
                 [_positive_int(f, "capacity_l") for f in containers],
                 [_positive_int(f, "depth_mm") for f in containers],
                 [str(f.props.get("waste_kind") or "mixed") for f in containers],
+                [_optional_int(f, "full_mark_mm") for f in containers],
             )
+            await _bind_sensors(conn, UPSERT_CONTAINER_SENSORS, containers)
         if spots:
             await conn.execute(
                 UPSERT_SPOTS,
@@ -143,4 +207,17 @@ async def import_fleet(pool: asyncpg.Pool, path: Path) -> FleetImport:
                 [f.zone for f in spots],
                 [str(f.props.get("category") or "standard") for f in spots],
             )
+            await _bind_sensors(conn, UPSERT_SPOT_SENSORS, spots)
     return FleetImport(containers=len(containers), spots=len(spots))
+
+
+async def _bind_sensors(conn: Connection, statement: str, features: list[_Feature]) -> None:
+    bound = [(f.id, sensor) for f in features if (sensor := _sensor(f)) is not None]
+    if bound:
+        await conn.execute(
+            statement,
+            [ident for ident, _ in bound],
+            [s.model for _, s in bound],
+            [s.dev_eui for _, s in bound],
+            [s.network_device_id for _, s in bound],
+        )

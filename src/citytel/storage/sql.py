@@ -3,33 +3,44 @@
 KNOWN_CONTAINERS = "SELECT id FROM containers WHERE id = ANY($1::text[])"
 KNOWN_SPOTS = "SELECT id FROM parking_spots WHERE id = ANY($1::text[])"
 
-# One round trip stores a kind's readings and moves each device's latest state forward. The
-# state moves only for a strictly newer reading, so a late, out-of-order reading is kept in the
-# history without overwriting the present; last_seen still records that the device spoke.
+# One round trip stores a kind's readings and moves each device's latest state forward.
+#
+# - A reading already stored (same device and ts: a redelivery or a duplicate) is skipped, and so
+#   is a LoRaWAN retransmission: the same frame counter from the same device within ten minutes.
+# - The latest state is computed from the rows actually inserted, and moves only for a strictly
+#   newer reading, so a late, out-of-order reading is kept in the history without overwriting
+#   the present; last_seen still records that the device spoke.
 STORE_WASTE = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
-                         $6::timestamptz[])
-        AS r(container_id, ts, fill_pct, battery_pct, temperature_c, received_at)
+                         $6::timestamptz[], $7::bigint[])
+        AS r(container_id, ts, fill_pct, battery_pct, temperature_c, received_at, f_cnt)
 ), inserted AS (
-    INSERT INTO waste_readings (container_id, ts, fill_pct, battery_pct, temperature_c, received_at)
-    SELECT container_id, ts, fill_pct, battery_pct, temperature_c, received_at FROM batch
+    INSERT INTO waste_readings
+        (container_id, ts, fill_pct, battery_pct, temperature_c, received_at, f_cnt)
+    SELECT b.container_id, b.ts, b.fill_pct, b.battery_pct, b.temperature_c, b.received_at, b.f_cnt
+    FROM batch b
+    WHERE b.f_cnt IS NULL OR NOT EXISTS (
+        SELECT 1 FROM waste_readings w
+        WHERE w.container_id = b.container_id AND w.f_cnt = b.f_cnt
+          AND w.ts BETWEEN b.ts - INTERVAL '10 minutes' AND b.ts + INTERVAL '10 minutes')
     ON CONFLICT (container_id, ts) DO NOTHING
-    RETURNING 1
+    RETURNING *
 ), latest AS (
     INSERT INTO container_latest AS cur
         (container_id, ts, fill_pct, battery_pct, temperature_c, last_seen)
     SELECT DISTINCT ON (container_id)
            container_id, ts, fill_pct, battery_pct, temperature_c,
            max(received_at) OVER (PARTITION BY container_id)
-    FROM batch
+    FROM inserted
     ORDER BY container_id, ts DESC
     ON CONFLICT (container_id) DO UPDATE SET
-        fill_pct = CASE WHEN EXCLUDED.ts > cur.ts THEN EXCLUDED.fill_pct ELSE cur.fill_pct END,
-        battery_pct = CASE WHEN EXCLUDED.ts > cur.ts
+        fill_pct = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
+                        THEN EXCLUDED.fill_pct ELSE cur.fill_pct END,
+        battery_pct = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
                            THEN coalesce(EXCLUDED.battery_pct, cur.battery_pct)
                            ELSE cur.battery_pct END,
-        temperature_c = CASE WHEN EXCLUDED.ts > cur.ts
+        temperature_c = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
                              THEN coalesce(EXCLUDED.temperature_c, cur.temperature_c)
                              ELSE cur.temperature_c END,
         ts = greatest(cur.ts, EXCLUDED.ts),
@@ -42,22 +53,28 @@ SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM latest
 STORE_PARKING = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::boolean[], $4::float8[],
-                         $5::timestamptz[])
-        AS r(spot_id, ts, occupied, battery_pct, received_at)
+                         $5::timestamptz[], $6::bigint[])
+        AS r(spot_id, ts, occupied, battery_pct, received_at, f_cnt)
 ), inserted AS (
-    INSERT INTO parking_readings (spot_id, ts, occupied, battery_pct, received_at)
-    SELECT spot_id, ts, occupied, battery_pct, received_at FROM batch
+    INSERT INTO parking_readings (spot_id, ts, occupied, battery_pct, received_at, f_cnt)
+    SELECT b.spot_id, b.ts, b.occupied, b.battery_pct, b.received_at, b.f_cnt
+    FROM batch b
+    WHERE b.f_cnt IS NULL OR NOT EXISTS (
+        SELECT 1 FROM parking_readings p
+        WHERE p.spot_id = b.spot_id AND p.f_cnt = b.f_cnt
+          AND p.ts BETWEEN b.ts - INTERVAL '10 minutes' AND b.ts + INTERVAL '10 minutes')
     ON CONFLICT (spot_id, ts) DO NOTHING
-    RETURNING 1
+    RETURNING *
 ), latest AS (
     INSERT INTO spot_latest AS cur (spot_id, ts, occupied, battery_pct, last_seen)
     SELECT DISTINCT ON (spot_id)
            spot_id, ts, occupied, battery_pct, max(received_at) OVER (PARTITION BY spot_id)
-    FROM batch
+    FROM inserted
     ORDER BY spot_id, ts DESC
     ON CONFLICT (spot_id) DO UPDATE SET
-        occupied = CASE WHEN EXCLUDED.ts > cur.ts THEN EXCLUDED.occupied ELSE cur.occupied END,
-        battery_pct = CASE WHEN EXCLUDED.ts > cur.ts
+        occupied = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
+                        THEN EXCLUDED.occupied ELSE cur.occupied END,
+        battery_pct = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
                            THEN coalesce(EXCLUDED.battery_pct, cur.battery_pct)
                            ELSE cur.battery_pct END,
         ts = greatest(cur.ts, EXCLUDED.ts),
@@ -65,6 +82,56 @@ WITH batch AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM latest) AS devices
+"""
+
+# Health events are history in device_events and, for the latest state, a sign of life and a
+# battery level: they never touch fill or occupancy.
+STORE_EVENTS = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::float8[],
+                         $6::float8[], $7::text[], $8::bigint[], $9::timestamptz[])
+        AS e(device_kind, device_id, ts, event, battery_pct, temperature_c, detail, f_cnt,
+             received_at)
+), inserted AS (
+    INSERT INTO device_events AS cur
+        (device_kind, device_id, ts, event, battery_pct, temperature_c, detail, f_cnt, received_at)
+    SELECT * FROM batch
+    ON CONFLICT (device_kind, device_id, ts, event) DO NOTHING
+    RETURNING device_kind, device_id, ts, battery_pct, received_at
+), newest AS (
+    SELECT DISTINCT ON (device_kind, device_id) device_kind, device_id, battery_pct,
+           max(received_at) OVER (PARTITION BY device_kind, device_id) AS last_seen
+    FROM inserted
+    ORDER BY device_kind, device_id, (battery_pct IS NULL), ts DESC
+), containers AS (
+    INSERT INTO container_latest AS cur (container_id, battery_pct, last_seen)
+    SELECT device_id, battery_pct, last_seen FROM newest WHERE device_kind = 'waste'
+    ORDER BY device_id
+    ON CONFLICT (container_id) DO UPDATE SET
+        battery_pct = coalesce(EXCLUDED.battery_pct, cur.battery_pct),
+        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen)
+    RETURNING 1
+), spots AS (
+    INSERT INTO spot_latest AS cur (spot_id, battery_pct, last_seen)
+    SELECT device_id, battery_pct, last_seen FROM newest WHERE device_kind = 'parking'
+    ORDER BY device_id
+    ON CONFLICT (spot_id) DO UPDATE SET
+        battery_pct = coalesce(EXCLUDED.battery_pct, cur.battery_pct),
+        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen)
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"""
+
+# The registry entry behind each LoRaWAN device, by DevEUI or by network device id.
+RESOLVE_SENSORS = """
+SELECT s.dev_eui, s.network_device_id, s.model,
+       coalesce(s.container_id, s.spot_id) AS device_id,
+       CASE WHEN s.container_id IS NOT NULL THEN 'waste' ELSE 'parking' END AS device_kind,
+       c.depth_mm, c.full_mark_mm
+FROM sensors s
+LEFT JOIN containers c ON c.id = s.container_id
+WHERE s.dev_eui = ANY($1::text[]) OR s.network_device_id = ANY($2::text[])
 """
 
 STORE_DEAD_LETTERS = """

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -13,6 +14,7 @@ from citytel.domain import (
     DeadLetter,
     DecodedMessage,
     DeviceKind,
+    HealthEvent,
     ParkingReading,
     Reason,
     WasteReading,
@@ -27,7 +29,9 @@ class BatchOutcome:
 
     stored: int = 0
     duplicates: int = 0
+    events: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
+    dead: list[DeadLetter] = field(default_factory=list)
 
 
 async def store_batch(
@@ -58,26 +62,39 @@ async def _store(
     dead = list(rejected)
     waste = _WasteColumns()
     parking = _ParkingColumns()
+    events = _EventColumns()
+    frames: set[tuple[DeviceKind, str, int]] = set()
     for message in decoded:
         if message.device_id not in known[message.kind]:
             dead.append(_unknown_device(message))
             continue
+        if message.f_cnt is not None:
+            # A retransmission within the batch; the SQL catches those across batches.
+            frame = (message.kind, message.device_id, message.f_cnt)
+            if frame in frames:
+                continue
+            frames.add(frame)
         for reading in message.readings:
             if isinstance(reading, WasteReading):
-                waste.add(reading, message.received_at)
+                waste.add(reading, message.received_at, message.f_cnt)
             else:
-                parking.add(reading, message.received_at)
+                parking.add(reading, message.received_at, message.f_cnt)
+        for event in message.events:
+            events.add(event, message.received_at, message.f_cnt)
 
     stored = 0
     if waste.rows:
         stored += await conn.fetchval(sql.STORE_WASTE, *waste.columns())
     if parking.rows:
         stored += await conn.fetchval(sql.STORE_PARKING, *parking.columns())
+    new_events = await conn.fetchval(sql.STORE_EVENTS, *events.columns()) if events.rows else 0
     await _store_dead_letters(conn, dead)
     return BatchOutcome(
         stored=stored,
         duplicates=waste.rows + parking.rows - stored,
+        events=new_events,
         dead_letters=Counter(d.reason for d in dead),
+        dead=dead,
     )
 
 
@@ -140,21 +157,31 @@ class _WasteColumns:
         self.battery: list[float | None] = []
         self.temperature: list[float | None] = []
         self.received: list[datetime] = []
+        self.f_cnt: list[int | None] = []
 
     @property
     def rows(self) -> int:
         return len(self.ids)
 
-    def add(self, reading: WasteReading, received_at: datetime) -> None:
+    def add(self, reading: WasteReading, received_at: datetime, f_cnt: int | None) -> None:
         self.ids.append(reading.container_id)
         self.ts.append(reading.ts)
         self.fill.append(reading.fill_pct)
         self.battery.append(reading.battery_pct)
         self.temperature.append(reading.temperature_c)
         self.received.append(received_at)
+        self.f_cnt.append(f_cnt)
 
-    def columns(self) -> tuple[list[object], ...]:
-        return (self.ids, self.ts, self.fill, self.battery, self.temperature, self.received)  # type: ignore[return-value]
+    def columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.ids,
+            self.ts,
+            self.fill,
+            self.battery,
+            self.temperature,
+            self.received,
+            self.f_cnt,
+        )
 
 
 class _ParkingColumns:
@@ -164,17 +191,46 @@ class _ParkingColumns:
         self.occupied: list[bool] = []
         self.battery: list[float | None] = []
         self.received: list[datetime] = []
+        self.f_cnt: list[int | None] = []
 
     @property
     def rows(self) -> int:
         return len(self.ids)
 
-    def add(self, reading: ParkingReading, received_at: datetime) -> None:
+    def add(self, reading: ParkingReading, received_at: datetime, f_cnt: int | None) -> None:
         self.ids.append(reading.spot_id)
         self.ts.append(reading.ts)
         self.occupied.append(reading.occupied)
         self.battery.append(reading.battery_pct)
         self.received.append(received_at)
+        self.f_cnt.append(f_cnt)
 
-    def columns(self) -> tuple[list[object], ...]:
-        return (self.ids, self.ts, self.occupied, self.battery, self.received)  # type: ignore[return-value]
+    def columns(self) -> tuple[list[Any], ...]:
+        return (self.ids, self.ts, self.occupied, self.battery, self.received, self.f_cnt)
+
+
+class _EventColumns:
+    def __init__(self) -> None:
+        self.rows_: list[tuple[Any, ...]] = []
+
+    @property
+    def rows(self) -> int:
+        return len(self.rows_)
+
+    def add(self, event: HealthEvent, received_at: datetime, f_cnt: int | None) -> None:
+        self.rows_.append(
+            (
+                event.device_kind.value,
+                event.device_id,
+                event.ts,
+                event.event.value,
+                event.battery_pct,
+                event.temperature_c,
+                event.detail,
+                f_cnt,
+                received_at,
+            )
+        )
+
+    def columns(self) -> list[list[Any]]:
+        return [list(column) for column in zip(*self.rows_, strict=True)]
