@@ -206,6 +206,7 @@ async def test_retransmission_and_other_events_are_not_readings(
     assert await pool.fetchval("SELECT count(*) FROM waste_readings") == 1
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
     event = await pool.fetchrow("SELECT device_id, event, temperature_c FROM device_events")
+    assert event is not None
     assert (event["device_id"], event["event"], event["temperature_c"]) == (
         "L-PS-1",
         "heartbeat",
@@ -241,7 +242,8 @@ async def test_unknown_device_model_and_bytes_are_dead_lettered(
         return bool(await pool.fetchval("SELECT count(*) FROM dead_letters") == 3)
 
     await wait_until(filed)
-    reasons = dict(await pool.fetch("SELECT topic, reason FROM dead_letters"))
+    rows = await pool.fetch("SELECT topic, reason FROM dead_letters")
+    reasons = {row["topic"]: row["reason"] for row in rows}
     assert reasons == {
         unknown[0]: "unknown_device",
         no_profile[0]: "unknown_model",
