@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from citytel import __version__
-from citytel.api.routes import containers, health, parking, zones
+from citytel.api.routes import containers, dead_letters, health, parking, zones
 from citytel.config import Settings
 from citytel.errors import (
     InvalidQueryError,
@@ -20,6 +20,7 @@ from citytel.errors import (
     StorageError,
     TransientStorageError,
 )
+from citytel.ingest.pipeline import Decoders
 from citytel.storage.pool import wait_for_pool
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     )
     app.state.settings = settings
     app.state.pool = None
+    app.state.decoders = Decoders.from_settings(settings)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(NotFoundError, _domain_error)
     app.add_exception_handler(InvalidQueryError, _domain_error)
@@ -96,4 +98,5 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(containers.router)
     app.include_router(parking.router)
     app.include_router(zones.router)
+    app.include_router(dead_letters.router)
     return app

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from citytel.domain import Reason
 
 
 class Location(BaseModel):
@@ -143,3 +145,50 @@ class Problem(BaseModel):
 
     detail: str
     errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+class DeadLetterPublic(BaseModel):
+    """A message that could not become readings, as it arrived, with the reason."""
+
+    id: int
+    topic: str
+    reason: str
+    detail: str = Field(description="what is wrong, in a sentence")
+    payload_base64: str
+    payload_text: str | None = Field(description="the payload, when it is UTF-8 text")
+    payload_bytes: int
+    first_received_at: datetime
+    last_received_at: datetime
+    times_received: int
+
+
+class DeadLetterPage(BaseModel):
+    """One page of dead letters, newest first."""
+
+    items: list[DeadLetterPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class ReplayRequest(BaseModel):
+    """Which dead letters to replay: by id, or by reason and time; ``all`` for every one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] | None = Field(default=None, max_length=10_000)
+    reason: Reason | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    all: bool = False
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class ReplayResult(BaseModel):
+    """What a replay did."""
+
+    replayed: int
+    resolved: int = Field(description="dead letters whose message now stored, removed")
+    still_dead: int
+    readings_stored: int
+    still_dead_by_reason: dict[str, int]

@@ -46,7 +46,7 @@ async def store_batch(
         StorageError: nothing was committed; ``TransientStorageError`` when a retry can succeed.
     """
     async with connection(pool) as conn, conn.transaction():
-        return await _store(conn, decoded, rejected)
+        return await store_decoded(conn, decoded, rejected)
 
 
 async def store_dead_letters(pool: asyncpg.Pool, dead: Sequence[DeadLetter]) -> None:
@@ -55,9 +55,18 @@ async def store_dead_letters(pool: asyncpg.Pool, dead: Sequence[DeadLetter]) -> 
         await _store_dead_letters(conn, dead)
 
 
-async def _store(
-    conn: Connection, decoded: Sequence[DecodedMessage], rejected: Sequence[DeadLetter]
+async def store_decoded(
+    conn: Connection,
+    decoded: Sequence[DecodedMessage],
+    rejected: Sequence[DeadLetter],
+    *,
+    replaying: bool = False,
 ) -> BatchOutcome:
+    """Store a batch on ``conn``, inside the caller's transaction.
+
+    ``replaying``: the dead letters are ones being replayed, so failing again updates their
+    reason without counting a new receipt.
+    """
     known = await _known_devices(conn, decoded)
     dead = list(rejected)
     waste = _WasteColumns()
@@ -88,7 +97,7 @@ async def _store(
     if parking.rows:
         stored += await conn.fetchval(sql.STORE_PARKING, *parking.columns())
     new_events = await conn.fetchval(sql.STORE_EVENTS, *events.columns()) if events.rows else 0
-    await _store_dead_letters(conn, dead)
+    await _store_dead_letters(conn, dead, counting=not replaying)
     return BatchOutcome(
         stored=stored,
         duplicates=waste.rows + parking.rows - stored,
@@ -127,7 +136,9 @@ def _unknown_device(message: DecodedMessage) -> DeadLetter:
     )
 
 
-async def _store_dead_letters(conn: Connection, dead: Sequence[DeadLetter]) -> None:
+async def _store_dead_letters(
+    conn: Connection, dead: Sequence[DeadLetter], *, counting: bool = True
+) -> None:
     if not dead:
         return
     # A message redelivered within one batch must become one row: ON CONFLICT cannot touch the
@@ -145,7 +156,7 @@ async def _store_dead_letters(conn: Connection, dead: Sequence[DeadLetter]) -> N
         [d.reason for d in letters],
         [d.detail for d in letters],
         [d.received_at for d in letters],
-        [times for _, times in merged.values()],
+        [times if counting else 0 for _, times in merged.values()],
     )
 
 
