@@ -249,3 +249,30 @@ async def test_unknown_device_model_and_bytes_are_dead_lettered(
         no_profile[0]: "unknown_model",
         garbage[0]: "undecodable",
     }
+
+
+async def test_nul_characters_in_an_envelope_do_not_stall_ingestion(
+    settings: Settings,
+    lorawan_fleet: None,
+    pool: asyncpg.Pool,
+    ingest: Callable[[], Awaitable[RunningIngest]],
+) -> None:
+    """A device id with NUL characters (PostgreSQL text refuses them) is a dead letter; ingest goes on."""
+    del lorawan_fleet
+    await ingest()
+    ts = datetime.now(UTC) - timedelta(seconds=5)
+    topic, payload = ttn("nul-dev", "0102030405060709", 85, LEVEL_BYTES, None, ts, 1)
+    body = json.loads(payload)
+    body["end_device_ids"]["device_id"] = "bad\u0000id"
+    body["end_device_ids"].pop("dev_eui")
+    nul = (topic, json.dumps(body).encode())
+    good = ttn("bin-1", LEVEL_EUI, 85, LEVEL_BYTES, None, ts, 5)
+    await asyncio.to_thread(publish_raw, settings, [nul, good])
+
+    async def both_done() -> bool:
+        return bool(
+            await pool.fetchval("SELECT count(*) FROM dead_letters") == 1
+            and await pool.fetchval("SELECT count(*) FROM waste_readings") == 1
+        )
+
+    await wait_until(both_done)

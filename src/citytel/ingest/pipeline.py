@@ -141,10 +141,15 @@ async def read_batch(
     sorted_out = triage(messages, root=decoders.root, now=now, max_future=decoders.max_future)
     decoded, dead = sorted_out.decoded, sorted_out.dead
     if sorted_out.uplinks:
+        # A NUL cannot be sent to PostgreSQL as text, and matches no registered id anyway.
         sensors = await resolve_sensors(
             pool,
             {p.uplink.dev_eui for p in sorted_out.uplinks if p.uplink.dev_eui},
-            {p.uplink.device_id for p in sorted_out.uplinks if p.uplink.device_id},
+            {
+                p.uplink.device_id
+                for p in sorted_out.uplinks
+                if p.uplink.device_id and "\x00" not in p.uplink.device_id
+            },
         )
         more, more_dead = interpret(
             sorted_out.uplinks, sensors, decoders.profiles, now=now, max_future=decoders.max_future
@@ -215,21 +220,34 @@ async def process_with_retry(
 ) -> BatchOutcome | None:
     """Decode and store a batch, retrying through outages; None when stopped before a commit."""
     delay = 0.2
+    read: tuple[list[DecodedMessage], list[DeadLetter], int] | None = None
     while True:
         try:
-            decoded, dead, ignored = await read_batch(pool, batch, decoders)
-            stats.ignored += ignored
-            return await store_batch(pool, decoded, dead)
+            if read is None:
+                read = await read_batch(pool, batch, decoders)
+            decoded, dead, ignored = read
+            outcome = await store_batch(pool, decoded, dead)
         except TransientStorageError as exc:
             stats.retries += 1
             log.warning("storing a batch failed (%s); retrying in %.1f s", exc, delay)
         except StorageError as exc:
-            log.warning("the database refused a batch (%s); storing its messages one by one", exc)
-            try:
-                return await _store_one_by_one(pool, decoded, dead)
-            except TransientStorageError as retry_exc:
-                stats.retries += 1
-                log.warning("storing one by one failed (%s); retrying", retry_exc)
+            if read is None:
+                # Looking sensors up failed for a reason other than an outage: a bug of ours,
+                # not bad input. Say so loudly and keep the messages until it is fixed.
+                log.error("reading a batch failed (%s); retrying in %.1f s", exc, delay)  # noqa: TRY400
+            else:
+                log.warning("the database refused a batch (%s); storing one by one", exc)
+                try:
+                    outcome = await _store_one_by_one(pool, read[0], read[1])
+                except TransientStorageError as retry_exc:
+                    stats.retries += 1
+                    log.warning("storing one by one failed (%s); retrying", retry_exc)
+                else:
+                    stats.ignored += read[2]
+                    return outcome
+        else:
+            stats.ignored += ignored
+            return outcome
         if await _sleep_unless(stop, delay):
             return None
         delay = min(delay * 2, max_delay)

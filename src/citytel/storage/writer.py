@@ -154,7 +154,8 @@ async def _store_dead_letters(
         [d.topic for d in letters],
         [d.payload for d in letters],
         [d.reason for d in letters],
-        [d.detail for d in letters],
+        # PostgreSQL text cannot hold NUL, and a detail may quote what a sender put in.
+        [d.detail.replace("\x00", "\\x00") for d in letters],
         [d.received_at for d in letters],
         [times if counting else 0 for _, times in merged.values()],
     )
