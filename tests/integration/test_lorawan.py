@@ -257,7 +257,7 @@ async def test_nul_characters_in_an_envelope_do_not_stall_ingestion(
     pool: asyncpg.Pool,
     ingest: Callable[[], Awaitable[RunningIngest]],
 ) -> None:
-    """A device id with NUL characters (PostgreSQL text refuses them) is a dead letter; ingest goes on."""
+    """A device id holding NUL (which PostgreSQL text refuses) is dead-lettered; ingest goes on."""
     del lorawan_fleet
     await ingest()
     ts = datetime.now(UTC) - timedelta(seconds=5)
