@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -291,7 +292,10 @@ async def probe_broker(settings: Settings, *, within: float = 2.0) -> str | None
     """
     host, port = settings.mqtt_host_port
     password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-    packet = _connect_packet("citytel-probe", settings.mqtt_username, password)
+    # A client id of its own: a shared one would make concurrent probes disconnect each other.
+    packet = _connect_packet(
+        f"citytel-probe-{secrets.token_hex(6)}", settings.mqtt_username, password
+    )
     writer = None
     try:
         async with asyncio.timeout(within):
