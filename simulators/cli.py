@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from simulators.fleet import load_fleet
 from simulators.publisher import PublishError, publish
-from simulators.stream import StreamConfig, history_for, simulate
+from simulators.stream import Format, StreamConfig, history_for, simulate
 
 if TYPE_CHECKING:
     from citytel.config import Settings
@@ -49,6 +49,15 @@ def _count(text: str) -> int:
     return value
 
 
+# The command line's names for the formats, as people call the network servers.
+FORMATS: dict[str, Format] = {
+    "native": "native",
+    "ttn": "ttn",
+    "chirpstack": "chirpstack_v4",
+    "chirpstack-v3": "chirpstack_v3",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's options to ``parser``."""
     parser.add_argument("--fleet", help="fleet GeoJSON file (default: the configured fleet file)")
@@ -73,6 +82,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{fault}-ratio", type=_ratio, default=0.0, help=f"share of {fault} messages (0)"
         )
+    parser.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default="native",
+        help="citytel's own JSON, or each sensor's bytes in a network server's envelope "
+        "(ttn: The Things Stack v3; chirpstack: ChirpStack v4; chirpstack-v3) (native)",
+    )
+    parser.add_argument(
+        "--network-decoded-ratio",
+        type=_ratio,
+        default=0.0,
+        help="share of LoRaWAN uplinks that also carry the network server's decoded object (0)",
+    )
+    parser.add_argument(
+        "--network-application",
+        default="citytel-casablanca",
+        help="network server application of the sensors (citytel-casablanca)",
+    )
+    parser.add_argument(
+        "--network-tenant", default="ttn", help="The Things Stack tenant; empty for none (ttn)"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -94,6 +124,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         malformed_ratio=args.malformed_ratio,
         duplicate_ratio=args.duplicate_ratio,
         out_of_order_ratio=args.out_of_order_ratio,
+        format=FORMATS[args.format],
+        network_decoded_ratio=args.network_decoded_ratio,
+        network_application=args.network_application,
+        network_tenant=args.network_tenant,
     )
     try:
         messages = simulate(fleet, datetime.now(UTC), config)

@@ -2,6 +2,8 @@
 
 Each payload fault is a function of a well-formed body; the topic faults (``bad_topic``,
 ``unknown_device``) keep a well-formed payload and are built by the stream, which owns topics.
+Network-server envelopes have faults of their own (``LORAWAN_FAULTS``). Every fault says which
+dead-letter reason citytel should give it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from citytel.domain import DeviceKind
+from citytel.domain import DeviceKind, Reason
+from simulators.envelopes import (
+    DATA_PATH,
+    IDENTITY_PATH,
+    TIME_PATH,
+    LorawanFormat,
+    dump,
+    replace_at,
+    rfc3339,
+)
 
 Body = dict[str, Any]
 
@@ -89,3 +100,86 @@ PAYLOAD_FAULTS: dict[str, PayloadFault] = {
 }
 TOPIC_FAULTS = ("bad_topic", "unknown_device")
 FAULTS = (*PAYLOAD_FAULTS, *TOPIC_FAULTS)
+
+FAULT_REASONS: dict[str, Reason] = {
+    "not_json": Reason.INVALID_JSON,
+    "not_utf8": Reason.NOT_UTF8,
+    "not_object": Reason.WRONG_TYPE,
+    "wrong_type": Reason.WRONG_TYPE,
+    "missing_ts": Reason.MISSING_FIELD,
+    "out_of_range": Reason.OUT_OF_RANGE,
+    "not_finite": Reason.OUT_OF_RANGE,
+    "ts_before_2000": Reason.BAD_TIMESTAMP,
+    "ts_far_future": Reason.BAD_TIMESTAMP,
+    "ts_without_offset": Reason.BAD_TIMESTAMP,
+    "oversize": Reason.PAYLOAD_TOO_LARGE,
+    "bad_topic": Reason.BAD_TOPIC,
+    "unknown_device": Reason.UNKNOWN_DEVICE,
+}
+"""The dead-letter reason citytel gives each fault of its own format."""
+
+
+# Network-server envelopes (TTN v3, ChirpStack v4 and v3).
+
+
+def _envelope_not_json(_fmt: LorawanFormat, body: Body, _now: datetime) -> bytes:
+    return dump(body)[:-3]  # cut off mid-message by a bridge
+
+
+def _envelope_not_utf8(_fmt: LorawanFormat, body: Body, _now: datetime) -> bytes:
+    return dump(body)[:-1] + b',"location":"Ma\xe2rif"}'  # Latin-1 from a bridge
+
+
+def _envelope_oversize(_fmt: LorawanFormat, body: Body, _now: datetime) -> bytes:
+    return dump({**body, "debug": "x" * (70 * 1024)})
+
+
+def _bad_base64(fmt: LorawanFormat, body: Body, _now: datetime) -> bytes:
+    replace_at(body, DATA_PATH[fmt], "not base64!")
+    return dump(body)
+
+
+def _missing_device(fmt: LorawanFormat, body: Body, _now: datetime) -> bytes:
+    replace_at(body, IDENTITY_PATH[fmt], None)
+    return dump(body)
+
+
+def _time_without_offset(fmt: LorawanFormat, body: Body, now: datetime) -> bytes:
+    replace_at(body, TIME_PATH[fmt], rfc3339(now, suffix=""))
+    return dump(body)
+
+
+def _time_far_future(fmt: LorawanFormat, body: Body, now: datetime) -> bytes:
+    replace_at(body, TIME_PATH[fmt], rfc3339(now + timedelta(days=400)))  # a gateway's bad clock
+    return dump(body)
+
+
+EnvelopeFault = Callable[[LorawanFormat, Body, datetime], bytes]
+
+ENVELOPE_FAULTS: dict[str, EnvelopeFault] = {
+    "not_json": _envelope_not_json,
+    "not_utf8": _envelope_not_utf8,
+    "oversize": _envelope_oversize,
+    "bad_base64": _bad_base64,
+    "missing_device": _missing_device,
+    "ts_without_offset": _time_without_offset,
+    "ts_far_future": _time_far_future,
+}
+# Built by the stream: the sensor's bytes spoiled by its model, or an identity it owns.
+FRAME_FAULTS = ("undecodable", "out_of_range")
+IDENTITY_FAULTS = ("topic_mismatch", "unknown_device")
+
+LORAWAN_FAULTS: dict[str, Reason] = {
+    "not_json": Reason.INVALID_JSON,
+    "not_utf8": Reason.NOT_UTF8,
+    "oversize": Reason.PAYLOAD_TOO_LARGE,
+    "bad_base64": Reason.WRONG_TYPE,
+    "missing_device": Reason.MISSING_FIELD,
+    "ts_without_offset": Reason.BAD_TIMESTAMP,
+    "ts_far_future": Reason.BAD_TIMESTAMP,
+    "topic_mismatch": Reason.BAD_TOPIC,
+    "unknown_device": Reason.UNKNOWN_DEVICE,
+    "undecodable": Reason.UNDECODABLE,
+    "out_of_range": Reason.OUT_OF_RANGE,
+}
+"""Each fault of a LoRaWAN stream and the dead-letter reason citytel should give it."""

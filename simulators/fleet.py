@@ -87,6 +87,23 @@ _CAPACITY_WEIGHTS = {660: 35, 1100: 35, 240: 20, 3000: 10}
 _WASTE_KIND_WEIGHTS = {"mixed": 70, "recyclable": 15, "glass": 7, "organic": 8}
 _CATEGORY_WEIGHTS = {"standard": 85, "disabled": 5, "delivery": 6, "ev_charging": 4}
 
+# Sensor models (ids of sensors/profiles/*.toml) and their share of each kind of device.
+LEVEL_MODELS = {
+    "milesight-em310-udl": 45,
+    "decentlab-dl-mbx": 20,
+    "dragino-ldds75": 15,
+    "milesight-em400-mud": 12,
+    "milesight-em500-udl": 8,
+}
+OCCUPANCY_MODELS = {"nwave-nps310sm": 40, "nwave-nps405": 35, "bosch-tps110": 25}
+# Big containers fill under their chute first; the city calls them full while the middle of
+# the container still has room, so their full mark sits lower than a sensor's blind zone.
+_FULL_MARK_MM = {3000: 400}
+# DevEUIs under a locally administered prefix ("CA5A": the 0x02 bit of the first byte is set),
+# so they can never be a manufacturer's: CA5A, a byte for the kind of device, its number.
+DEV_EUI_PREFIX = "CA5A"
+_EUI_KIND = {"waste_container": 0x01, "parking_spot": 0x02}
+
 
 def on_land(lat: float, lon: float) -> bool:
     """Whether a point lies inside the city's box and safely south of the shore."""
@@ -125,6 +142,19 @@ def _pick(rng: random.Random, weights: dict[_T, int]) -> _T:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
+def dev_eui(kind: str, number: int) -> str:
+    """The DevEUI of the sensor in the ``number``-th device of a kind: 16 upper-case hex digits."""
+    return f"{DEV_EUI_PREFIX}{_EUI_KIND[kind]:02X}{number:010X}"
+
+
+def _sensor(kind: str, number: int, device_id: str, model: str) -> dict[str, Any]:
+    return {
+        "device_model": model,
+        "dev_eui": dev_eui(kind, number),
+        "network_device_id": device_id.lower(),
+    }
+
+
 def _feature(lon: float, lat: float, properties: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "Feature",
@@ -136,8 +166,14 @@ def _feature(lon: float, lat: float, properties: dict[str, Any]) -> dict[str, An
 def generate_fleet(
     *, seed: int = 2026, containers: int = 2000, spots: int = 5000
 ) -> dict[str, Any]:
-    """The demo fleet as a GeoJSON FeatureCollection; the same seed gives the same fleet."""
+    """The demo fleet as a GeoJSON FeatureCollection; the same seed gives the same fleet.
+
+    Each device carries the sensor bound to it (model, DevEUI, network server device id). The
+    sensors are drawn from a random stream of their own, so the places and sizes of the
+    devices are those the seed gave before sensors were added.
+    """
     rng = random.Random(seed)
+    sensor_rng = random.Random(f"{seed}/sensors")
     features: list[dict[str, Any]] = []
     container_zones = rng.choices(ZONES, weights=[z.container_weight for z in ZONES], k=containers)
     for number, zone in enumerate(container_zones, start=1):
@@ -151,6 +187,10 @@ def generate_fleet(
             "depth_mm": _DEPTH_MM[capacity] + rng.randrange(-50, 51, 10),
             "waste_kind": _pick(rng, _WASTE_KIND_WEIGHTS),
         }
+        model = _pick(sensor_rng, LEVEL_MODELS)
+        properties |= _sensor("waste_container", number, f"CAS-WC-{number:05d}", model)
+        if capacity in _FULL_MARK_MM:
+            properties["full_mark_mm"] = _FULL_MARK_MM[capacity]
         features.append(_feature(lon, lat, properties))
     spot_zones = rng.choices(ZONES, weights=[z.spot_weight for z in ZONES], k=spots)
     for number, zone in enumerate(spot_zones, start=1):
@@ -161,6 +201,8 @@ def generate_fleet(
             "zone": zone.slug,
             "category": _pick(rng, _CATEGORY_WEIGHTS),
         }
+        model = _pick(sensor_rng, OCCUPANCY_MODELS)
+        properties |= _sensor("parking_spot", number, f"CAS-PS-{number:05d}", model)
         features.append(_feature(lon, lat, properties))
     return {"type": "FeatureCollection", "features": features}
 
@@ -185,6 +227,15 @@ def write_fleet(
 
 
 @dataclass(frozen=True, slots=True)
+class Sensor:
+    """The LoRaWAN sensor bound to a device: its model and its names on the network server."""
+
+    model: str
+    dev_eui: str
+    network_device_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Container:
     """A waste container of the fleet, as the simulator needs it."""
 
@@ -194,6 +245,9 @@ class Container:
     lon: float
     capacity_l: int
     waste_kind: str
+    depth_mm: int | None = None
+    full_mark_mm: int | None = None
+    sensor: Sensor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +259,16 @@ class Spot:
     lat: float
     lon: float
     category: str
+    sensor: Sensor | None = None
+
+
+def _read_sensor(properties: dict[str, Any]) -> Sensor | None:
+    model = properties.get("device_model")
+    eui = properties.get("dev_eui")
+    if model is None or eui is None:
+        return None
+    device = properties.get("network_device_id") or str(properties["id"]).lower()
+    return Sensor(model, str(eui).upper(), device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +288,20 @@ class Fleet:
             p = feature["properties"]
             if p["kind"] == "waste_container":
                 containers.append(
-                    Container(p["id"], p["zone"], lat, lon, p["capacity_l"], p["waste_kind"])
+                    Container(
+                        p["id"],
+                        p["zone"],
+                        lat,
+                        lon,
+                        p["capacity_l"],
+                        p["waste_kind"],
+                        p.get("depth_mm"),
+                        p.get("full_mark_mm"),
+                        _read_sensor(p),
+                    )
                 )
             elif p["kind"] == "parking_spot":
-                spots.append(Spot(p["id"], p["zone"], lat, lon, p["category"]))
+                spots.append(Spot(p["id"], p["zone"], lat, lon, p["category"], _read_sensor(p)))
         return cls(tuple(containers), tuple(spots))
 
     def head(self, containers: int | None = None, spots: int | None = None) -> Fleet:

@@ -7,6 +7,12 @@ clock is clamped to the due wall-clock time, so once it has caught up with the p
 runs in real time. A message is never published before it is due, so no reading is ever ahead of
 the wall clock. ``history_for`` chooses the window so that a run of known length ends exactly at
 the present.
+
+Formats. ``native`` publishes citytel's own JSON under ``{topic_root}/...``. The LoRaWAN
+formats (``ttn``, ``chirpstack_v4``, ``chirpstack_v3``) publish what each device's sensor
+model really sends, in the envelope and on the topics of that network server (see
+``simulators.network``); the readings are then dated by the network server's reception time,
+and the ground truth is computed back from the bytes sent.
 """
 
 from __future__ import annotations
@@ -15,20 +21,25 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
-from citytel.domain import DeviceKind
+from citytel.decoding import DeviceProfile
+from citytel.domain import DeviceKind, HealthKind, Reason
 from citytel.formats.native import ParkingPayload, WastePayload, encode_native
 from citytel.formats.topics import native_topic
 from simulators.city import ContainerModel, SpotModel
-from simulators.faults import FAULTS, PAYLOAD_FAULTS
+from simulators.envelopes import NetworkApplication
+from simulators.faults import FAULT_REASONS, FAULTS, PAYLOAD_FAULTS
 from simulators.fleet import Fleet
+from simulators.network import Network, Uplink
+from simulators.sensors import ExpectedHealth, bundled_profiles
 
 Payload = WastePayload | ParkingPayload
 MessageKind = Literal["valid", "malformed", "duplicate", "out_of_order"]
+Format = Literal["native", "ttn", "chirpstack_v4", "chirpstack_v3"]
 DeviceKey = tuple[DeviceKind, str]
 
 _MS = timedelta(milliseconds=1)
@@ -52,8 +63,13 @@ class SimulatedMessage:
         device_id: the device the topic names.
         readings: what must be stored: the readings of a valid, duplicate or out-of-order
             message; empty for a malformed one.
-        fault: for a malformed message, which fault (see ``simulators.faults.FAULTS``).
+        fault: for a malformed message, which fault (``simulators.faults.FAULTS``, or
+            ``LORAWAN_FAULTS`` for a network server's format).
         due: the wall-clock time before which the message must not be published.
+        health: the health events citytel should record (LoRaWAN formats: heartbeats,
+            battery-only frames).
+        reason: for a malformed message, the dead-letter reason citytel should give it.
+        f_cnt: the LoRaWAN frame counter of the uplink, for the network servers' formats.
     """
 
     topic: str
@@ -64,11 +80,20 @@ class SimulatedMessage:
     readings: tuple[Payload, ...]
     due: datetime
     fault: str | None = None
+    health: tuple[ExpectedHealth, ...] = ()
+    reason: Reason | None = None
+    f_cnt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
-    """How a stream is shaped; the ratios are shares of all messages."""
+    """How a stream is shaped; the ratios are shares of all messages.
+
+    ``format`` chooses citytel's own JSON or a network server's envelope; for the latter,
+    ``network_decoded_ratio`` is the share of uplinks that also carry the object of the
+    server's payload formatter (models decoded on the server only always carry it), and
+    ``network_application``/``network_tenant`` name the application the sensors belong to.
+    """
 
     seed: int = 2026
     rate: float = 200.0
@@ -79,6 +104,10 @@ class StreamConfig:
     malformed_ratio: float = 0.0
     duplicate_ratio: float = 0.0
     out_of_order_ratio: float = 0.0
+    format: Format = "native"
+    network_decoded_ratio: float = 0.0
+    network_application: str = "citytel-casablanca"
+    network_tenant: str = "ttn"
 
     def check(self, devices: int) -> None:
         """Refuse settings that would break the stream's guarantees.
@@ -101,6 +130,10 @@ class StreamConfig:
             problem = "gateways must be at least 1"
         elif min(ratios) < 0 or sum(ratios) > 1:
             problem = "fault ratios must be non-negative and add up to at most 1"
+        elif self.format not in get_args(Format):
+            problem = f"format must be one of {', '.join(get_args(Format))}"
+        elif not 0 <= self.network_decoded_ratio <= 1:
+            problem = "network_decoded_ratio must be between 0 and 1"
         if problem:
             raise ValueError(problem)
 
@@ -132,7 +165,9 @@ class _Stream:
     fleet: Fleet
     start: datetime
     config: StreamConfig
+    profiles: Mapping[str, DeviceProfile] | None = None
     rng: random.Random = field(init=False)
+    network: Network | None = None
     models: list[ContainerModel | SpotModel] = field(default_factory=list)
     queue: list[tuple[datetime, int]] = field(default_factory=list)
     sent: dict[int, _Sent] = field(default_factory=dict)
@@ -156,6 +191,23 @@ class _Stream:
             first = min(model.change_at, origin + self.rng.random() * _SPOT_HEARTBEAT)
             self.queue.append((first, len(self.models) - 1))
         heapq.heapify(self.queue)
+        if self.config.format != "native":
+            self.network = self._network(self.config.format)
+
+    def _network(self, fmt: Literal["ttn", "chirpstack_v4", "chirpstack_v3"]) -> Network:
+        config = self.config
+        network = Network(
+            fmt=fmt,
+            app=NetworkApplication(config.network_application, config.network_tenant),
+            decoded_ratio=config.network_decoded_ratio,
+            gateways=config.gateways,
+            profiles=bundled_profiles() if self.profiles is None else self.profiles,
+            # A stream of its own, so the city behaves the same whatever the format.
+            rng=random.Random(f"{config.seed}/{fmt}"),
+        )
+        for model in self.models:
+            network.check(model)
+        return network
 
     def _address(self, index: int) -> tuple[DeviceKind, str, str]:
         model = self.models[index]
@@ -198,14 +250,20 @@ class _Stream:
             heapq.heappush(self.queue, held)
         index = entry[1]
         reading = self._report(index, clock)
-        floor = previous.newest.ts if previous else clock - _CONTAINER_INTERVAL
-        self.sent[index] = _Sent(reading, floor, previous.newest if previous else None)
         kind, device_id, topic = self._address(index)
-        message = SimulatedMessage(
-            topic, encode_native([reading]), "valid", kind, device_id, (reading,), due
-        )
+        if self.network is None:
+            message = SimulatedMessage(
+                topic, encode_native([reading]), "valid", kind, device_id, (reading,), due
+            )
+        else:
+            uplink = self.network.valid(index, self.models[index], reading, clock)
+            message = _lorawan_message(uplink, "valid", kind, device_id, due)
         self.recent.append(message)
-        self.recent_devices.append(index)
+        if message.readings:
+            sent = message.readings[0]
+            floor = previous.newest.ts if previous else clock - _CONTAINER_INTERVAL
+            self.sent[index] = _Sent(sent, floor, previous.newest if previous else None)
+            self.recent_devices.append(index)
         return message
 
     def out_of_order(self, due: datetime) -> SimulatedMessage | None:
@@ -216,6 +274,13 @@ class _Stream:
         ts = _floor_ms(sent.floor + (sent.newest.ts - sent.floor) / 2)
         if not sent.floor < ts < sent.newest.ts:
             return None
+        if self.network is not None:
+            uplink = self.network.late(index, self.models[index], ts)
+            if uplink is None:
+                return None
+            sent.floor = ts
+            kind, device_id, _ = self._address(index)
+            return _lorawan_message(uplink, "out_of_order", kind, device_id, due)
         sent.floor = ts
         late: Payload
         if isinstance(sent.newest, WastePayload):
@@ -242,12 +307,17 @@ class _Stream:
             original.device_id,
             original.readings,
             due,
+            health=original.health,
+            f_cnt=original.f_cnt,
         )
 
     def malformed(self, clock: datetime, due: datetime) -> SimulatedMessage:
         index = self.rng.randrange(len(self.models))
         kind, device_id, topic = self._address(index)
         model = self.models[index]
+        if self.network is not None:
+            uplink, kind, device_id = self.network.malformed(index, model, clock, due)
+            return _lorawan_message(uplink, "malformed", kind, device_id, due)
         sound: Payload = (
             WastePayload(ts=clock, fill_pct=round(min(model.fill, 100.0), 1))
             if isinstance(model, ContainerModel)
@@ -264,20 +334,49 @@ class _Stream:
             device_id = f"{prefix}-X{self.rng.randrange(100_000):05d}"  # never a fleet id
             root, gateway = self.config.topic_root, self._gateway(index)
             topic = native_topic(root, gateway, kind, device_id)
-        return SimulatedMessage(topic, payload, "malformed", kind, device_id, (), due, fault)
+        reason = FAULT_REASONS[fault]
+        return SimulatedMessage(
+            topic, payload, "malformed", kind, device_id, (), due, fault, reason=reason
+        )
 
 
-def simulate(fleet: Fleet, start: datetime, config: StreamConfig) -> Iterator[SimulatedMessage]:
+def _lorawan_message(
+    uplink: Uplink, kind: MessageKind, device_kind: DeviceKind, device_id: str, due: datetime
+) -> SimulatedMessage:
+    return SimulatedMessage(
+        uplink.topic,
+        uplink.payload,
+        kind,
+        device_kind,
+        device_id,
+        uplink.readings,
+        due,
+        uplink.fault,
+        health=uplink.health,
+        reason=uplink.reason,
+        f_cnt=uplink.f_cnt,
+    )
+
+
+def simulate(
+    fleet: Fleet,
+    start: datetime,
+    config: StreamConfig,
+    *,
+    profiles: Mapping[str, DeviceProfile] | None = None,
+) -> Iterator[SimulatedMessage]:
     """The endless stream of messages a fleet sends from wall-clock time ``start`` on.
 
     The same fleet, start and config give the same messages. Take as many as needed with
-    ``itertools.islice``; publish each no earlier than its ``due`` time.
+    ``itertools.islice``; publish each no earlier than its ``due`` time. The LoRaWAN formats
+    read the sensor models' ``profiles`` (default: those in ``sensors/profiles``).
 
     Raises:
-        ValueError: from ``StreamConfig.check``, or for a naive ``start``; at the call rather
+        ValueError: from ``StreamConfig.check``, for a naive ``start``, or, for a LoRaWAN
+            format, a device without a sensor the simulator can send as; at the call rather
             than at the first message.
     """
-    return _messages(_Stream(fleet, start, config))
+    return _messages(_Stream(fleet, start, config, profiles))
 
 
 def _messages(stream: _Stream) -> Iterator[SimulatedMessage]:
@@ -307,11 +406,15 @@ class GroundTruth:
         readings: every distinct reading, by (device kind, device id, ts); each is stored once.
         latest: the newest reading of each device, by (device kind, device id).
         rejected: the malformed messages, each of which belongs in the dead letters.
+        health: every distinct health event, by (device kind, device id, ts, event).
     """
 
     readings: dict[tuple[DeviceKind, str, datetime], Payload] = field(default_factory=dict)
     latest: dict[DeviceKey, Payload] = field(default_factory=dict)
     rejected: list[SimulatedMessage] = field(default_factory=list)
+    health: dict[tuple[DeviceKind, str, datetime, HealthKind], ExpectedHealth] = field(
+        default_factory=dict
+    )
 
     def add(self, message: SimulatedMessage) -> None:
         """Account for one message."""
@@ -324,6 +427,8 @@ class GroundTruth:
             newest = self.latest.get(key)
             if newest is None or reading.ts > newest.ts:
                 self.latest[key] = reading
+        for event in message.health:
+            self.health[(*key, event.ts, event.event)] = event
 
 
 def ground_truth(messages: Iterable[SimulatedMessage]) -> GroundTruth:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 
 from simulators.fleet import (
     CASABLANCA_BBOX,
+    LEVEL_MODELS,
+    OCCUPANCY_MODELS,
     ZONES,
     ZONES_BY_SLUG,
     Fleet,
@@ -80,6 +83,25 @@ def test_properties_follow_the_importer_format(collection: dict[str, Any]) -> No
         else:
             assert p["kind"] == "parking_spot"
             assert p["category"] in {"standard", "disabled", "delivery", "ev_charging"}
+
+
+def test_devices_carry_their_sensor_binding(collection: dict[str, Any]) -> None:
+    """Each device names a profiled sensor model, a unique DevEUI and a network device id."""
+    profiles = {path.stem for path in (BUNDLED.parents[1] / "profiles").glob("*.toml")}
+    euis = set()
+    for feature in collection["features"]:
+        p = feature["properties"]
+        level = p["kind"] == "waste_container"
+        assert p["device_model"] in (LEVEL_MODELS if level else OCCUPANCY_MODELS)
+        assert p["device_model"] in profiles
+        assert re.fullmatch(r"[0-9A-F]{16}", p["dev_eui"])
+        assert p["network_device_id"] == p["id"].lower()
+        assert p.get("full_mark_mm", 0) < p.get("depth_mm", 1)
+        euis.add(p["dev_eui"])
+    assert len(euis) == len(collection["features"])
+    fleet = Fleet.from_geojson(collection)
+    assert fleet.containers[0].sensor is not None
+    assert fleet.containers[0].depth_mm == collection["features"][0]["properties"]["depth_mm"]
 
 
 def test_every_zone_is_used(collection: dict[str, Any]) -> None:
