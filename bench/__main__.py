@@ -1,0 +1,173 @@
+"""Run the whole benchmark and print its JSON summary.
+
+    python -m bench            # full run: 200,000-reading drains, 30 s steady, 20 s per API load
+    python -m bench --quick    # smoke run: 20,000 readings, 10 s steady, 5 s per API load
+
+It starts its own Mosquitto (the project's ``deploy/mosquitto.conf``) and its own PostgreSQL
+cluster on free ports on 127.0.0.1, imports a generated fleet of 50,000 spots and 20,000
+containers, runs every scenario with its baseline, and stops everything on exit. The summary is
+printed and written to ``bench/results/latest.json``, the chart to ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import api_load, drain, profile, report, steady
+from bench.database import import_fleet
+from bench.load import build_workload
+from bench.services import REPO, Services
+
+log = logging.getLogger("bench")
+
+CONTAINERS = 20_000
+SPOTS = 50_000
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("-n", "--messages", type=int, help="drain backlog size (default 200000)")
+    parser.add_argument("--rate", type=float, default=5000, help="steady publication rate, msg/s")
+    parser.add_argument("--steady-seconds", type=float, help="steady duration (default 30)")
+    parser.add_argument("--api-seconds", type=float, help="each API load's duration (default 20)")
+    parser.add_argument("--concurrency", type=int, default=32, help="API load concurrency")
+    parser.add_argument("--publishers", type=int, default=4, help="backlog publisher processes")
+    parser.add_argument("--paced-publishers", type=int, default=2, help="steady publishers")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["drain", "steady", "api", "profile"],
+        help="run only these scenarios (repeatable)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
+    return parser
+
+
+def _version(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=10, check=False)  # noqa: S603
+    except OSError:
+        return "unknown"
+    text = (done.stdout or done.stderr).decode().strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def _machine(services: Services) -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "postgresql": services.cluster.version,
+        "mosquitto": _version(["mosquitto", "-h"]).removeprefix("mosquitto version "),
+        "http_load_client": "wrk" if shutil.which("wrk") else "python-asyncio",
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every selected scenario, in one set of services; returns the summary."""
+    count = args.messages or (20_000 if args.quick else 200_000)
+    steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
+    api_s = args.api_seconds or (5.0 if args.quick else 20.0)
+    only = set(args.only or ["drain", "steady", "api", "profile"])
+    steady_count = int(args.rate * steady_s) if "steady" in only else 0
+
+    started = time.monotonic()
+    log.info("generating %d simulated readings", count + steady_count)
+    workload = build_workload(containers=CONTAINERS, spots=SPOTS, messages=count + steady_count)
+    summary: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "settings": {
+            "ingest": "citytel defaults: batch 1000, flush 100 ms, receive maximum 4000, pool 10",
+            "postgres": "private cluster, defaults + shared_buffers 256MB, fsync on",
+            "broker": "private Mosquitto with deploy/mosquitto.conf",
+        },
+    }
+    with Services(keep=args.keep) as services:
+        summary["machine"] = _machine(services)
+        summary["fleet"] = {"containers": CONTAINERS, "spots": SPOTS}
+        log.info("importing the fleet")
+        import_fleet(services.database_url, workload.fleet_geojson, services.workdir)
+        if "drain" in only:
+            log.info("drain: %d readings, baselines, one and two workers", count)
+            summary["drain"] = drain.run(
+                services, workload, count=count, publishers=args.publishers
+            )
+        if "profile" in only:
+            log.info("profile: a drain of %d readings under py-spy", count)
+            summary["profile"] = _profile(services, workload, count, args.publishers)
+        if "steady" in only:
+            log.info("steady: %g msg/s for %g s", args.rate, steady_s)
+            summary["steady"] = steady.run(
+                services,
+                workload,
+                base=count,
+                rate=args.rate,
+                seconds=steady_s,
+                publishers=args.paced_publishers,
+            )
+        if "api" in only:
+            log.info("api: %d concurrent, %g s per load", args.concurrency, api_s)
+            summary["api"] = api_load.run(
+                services,
+                workload.fleet_geojson,
+                concurrency=args.concurrency,
+                duration=api_s,
+                warmup=2.0 if args.quick else 3.0,
+            )
+    summary["targets"] = report.verdicts(summary)
+    summary["elapsed_s"] = round(time.monotonic() - started, 1)
+    return summary
+
+
+def _profile(services: Services, workload: Any, count: int, publishers: int) -> dict[str, Any]:
+    if profile.py_spy() is None:
+        return {"skipped": "py-spy is not installed (pip install 'citytel[bench]')"}
+    raw = services.workdir / "ingest-profile.txt"
+    result = drain.drain_citytel(
+        services,
+        workload,
+        count=count,
+        publishers=publishers,
+        workers=1,
+        label="profiled",
+        profile_to=raw,
+    )
+    if not raw.exists():
+        return {"skipped": "py-spy wrote no profile (ptrace not permitted?)"}
+    return {"drain_rate_under_profiler": result["rate"], **profile.summarize(raw)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the JSON summary, save it and the chart."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s bench: %(message)s", stream=sys.stderr
+    )
+    summary = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "quick.json" if args.quick else "latest.json"
+    (out / name).write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        report.chart(summary, out / name.replace(".json", ".png"))
+    except ImportError:
+        log.warning("matplotlib is not installed: no chart (pip install 'citytel[bench]')")
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Private services for a benchmark run: Mosquitto, a PostgreSQL cluster, citytel processes.
+
+Everything listens on 127.0.0.1 on a free port, lives in one temporary directory and is stopped
+by :class:`Services` on exit, whatever happened. Child processes get their own process group, so
+stopping one also stops whatever it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from citytel.config import Settings
+from citytel.storage.migrate import migrate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, within: float = 15.0) -> None:
+    """Block until something accepts connections on ``port``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    message = f"nothing listens on port {port} after {within} s"
+    raise TimeoutError(message)
+
+
+def wait_for_http(url: str, within: float = 30.0) -> None:
+    """Block until ``url`` answers 200."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1) as response,  # noqa: S310 - our own URL
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.1)
+    message = f"{url} did not answer 200 within {within} s"
+    raise TimeoutError(message)
+
+
+def start_group(
+    command: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    out: IO[bytes] | int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a process group of its own."""
+    return subprocess.Popen(  # noqa: S603 - our own command lines
+        command,
+        env=dict(env) if env is not None else None,
+        stdout=out,
+        stderr=subprocess.STDOUT if out is not None else None,
+        start_new_session=True,
+    )
+
+
+def stop_group(process: subprocess.Popen[bytes], *, within: float = 20.0) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is still there after ``within`` s."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of stat(5); the split above starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def clean_env(**citytel: str) -> dict[str, str]:
+    """The environment without any CITYTEL_ setting of the caller, plus ``citytel`` settings.
+
+    Keys are setting names without the prefix: ``clean_env(database_url=...)``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYTEL_")}
+    env.update({f"CITYTEL_{k.upper()}": v for k, v in citytel.items()})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+@dataclass
+class Broker:
+    """Mosquitto with the project's own ``deploy/mosquitto.conf``; only port, paths, user differ."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None  # noqa: S101
+        return self.process.pid
+
+    def _config(self) -> Path:
+        text = (REPO / "deploy" / "mosquitto.conf").read_text()
+        text = re.sub(r"^listener\s+1883.*$", f"listener {self.port} 127.0.0.1", text, flags=re.M)
+        data = self.workdir / "mosquitto-data"
+        data.mkdir(exist_ok=True)
+        text = re.sub(
+            r"^persistence_location\s+.*$", f"persistence_location {data}/", text, flags=re.M
+        )
+        text = re.sub(r"^(user|log_dest|pid_file)\s.*$", "", text, flags=re.M)
+        text += f"\nuser {getpass.getuser()}\nlog_dest file {self.workdir / 'mosquitto.log'}\n"
+        path = self.workdir / "mosquitto.conf"
+        path.write_text(text)
+        return path
+
+    def start(self) -> None:
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = start_group([mosquitto, "-c", str(self._config())])
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
+
+
+def _postgres_bindir() -> Path:
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+    )
+    if candidates:
+        return candidates[-1].parent
+    found = shutil.which("initdb")
+    if found is None:
+        message = "initdb not found: install PostgreSQL with PostGIS (scripts/bootstrap.sh does)"
+        raise RuntimeError(message)
+    return Path(found).resolve().parent
+
+
+@dataclass
+class PgCluster:
+    """A PostgreSQL cluster of the benchmark's own, so that no other database disturbs it.
+
+    Durability is left at PostgreSQL's defaults (fsync, synchronous_commit): ingestion
+    acknowledges after a commit, and a benchmark that weakened the commit would flatter it.
+    """
+
+    port: int
+    root: Path
+    bindir: Path = field(default_factory=_postgres_bindir)
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def version(self) -> str:
+        return self.bindir.parent.name
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root.
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, check=False)  # noqa: S603
+        if done.returncode != 0:
+            message = f"{args[0]} failed: {done.stderr.decode(errors='replace')[-2000:]}"
+            raise RuntimeError(message)
+
+    def start(self) -> None:
+        self.datadir.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(self.datadir, "postgres")
+            self.root.chmod(0o755)
+        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir}"
+            " -c max_connections=100 -c shared_buffers=256MB"
+        )
+        log = str(self.root / "postgres.log")
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-l", log, "-o", options, "-w", "-t", "60", "start"
+        )
+
+    def stop(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+
+    def postmaster_pid(self) -> int:
+        return int((self.datadir / "postmaster.pid").read_text().split()[0])
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the postmaster and its live backends and workers."""
+        pid = self.postmaster_pid()
+        return sum(cpu_seconds(p) for p in [pid, *children_of(pid)])
+
+    def create_database(self, name: str) -> str:
+        """A new, migrated database; returns its URL."""
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = self.url(name)
+        migrate(Settings(database_url=SecretStr(url)), database_url=url)
+        return url
+
+
+class Worker:
+    """A real ``citytel ingest`` process with a stable client id, logging to a file."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        mqtt_url: str,
+        root: str,
+        client_id: str,
+        log: Path,
+    ) -> None:
+        self.client_id = client_id
+        self.log = log
+        self.env = clean_env(
+            database_url=database_url,
+            mqtt_url=mqtt_url,
+            mqtt_topic_root=root,
+            mqtt_client_id=client_id,
+            ingest_stats_interval_s="5",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None  # noqa: S101
+        return self.process.pid
+
+    def _subscriptions(self) -> int:
+        return self.log.read_text().count("subscribed to") if self.log.exists() else 0
+
+    def start(self, *, wait: bool = True, within: float = 30.0) -> None:
+        """Start the worker; with ``wait``, until the broker has granted its subscription."""
+        before = self._subscriptions()
+        with self.log.open("ab") as out:
+            self.process = start_group(
+                [sys.executable, "-m", "citytel", "ingest"], env=self.env, out=out
+            )
+        if wait:
+            self.wait_subscribed(before, within)
+
+    def wait_subscribed(self, before: int, within: float) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self._subscriptions() > before:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                message = f"citytel ingest exited early, see {self.log.name}"
+                raise RuntimeError(message)
+            time.sleep(0.05)
+        message = f"citytel ingest did not subscribe within {within} s"
+        raise TimeoutError(message)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
+
+
+class Services:
+    """The broker, the cluster and a migrated database, for the lifetime of a ``with`` block."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.workdir = Path(tempfile.mkdtemp(prefix="citytel-bench-"))
+        # PostgreSQL runs as its own user when we are root: it must reach its directory.
+        self.workdir.chmod(0o755)
+        self.broker = Broker(port=free_port(), workdir=self.workdir)
+        self.cluster = PgCluster(port=free_port(), root=self.workdir / "pg")
+        self.database_url = ""
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Services:
+        try:
+            self._stack.callback(self._remove)
+            self.cluster.start()
+            self._stack.callback(self.cluster.stop)
+            self.broker.start()
+            self._stack.callback(self.broker.stop)
+            self.database_url = self.cluster.create_database("citytel")
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stack.close()
+
+    def on_exit(self, process: subprocess.Popen[bytes]) -> None:
+        """Stop ``process`` (and its group) when the services stop, if still running."""
+        self._stack.callback(stop_group, process)
+
+    def _remove(self) -> None:
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def worker(self, root: str, client_id: str) -> Worker:
+        """An ingest worker on this broker and database, stopped on exit at the latest."""
+        worker = Worker(
+            database_url=self.database_url,
+            mqtt_url=self.broker.url,
+            root=root,
+            client_id=client_id,
+            log=self.workdir / f"{client_id}.log",
+        )
+        self._stack.callback(worker.stop)
+        return worker
+
+
+@contextlib.contextmanager
+def citytel_api(services: Services, *, workers: int = 1, within: float = 60.0) -> Iterator[str]:
+    """``citytel api`` as a real process (or uvicorn with ``workers`` > 1); yields its base URL.
+
+    The CLI has no worker option, so the multi-worker variant runs uvicorn itself on the same
+    application factory; it answers what more workers would give, not how the CLI runs.
+    """
+    port = free_port()
+    env = clean_env(
+        database_url=services.database_url,
+        mqtt_url=services.broker.url,
+        api_host="127.0.0.1",
+        api_port=str(port),
+        log_level="WARNING",
+    )
+    if workers == 1:
+        command = [sys.executable, "-m", "citytel", "api"]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench.asgi:create",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    log = services.workdir / f"api-{workers}.log"
+    with log.open("ab") as out:
+        process = start_group(command, env=env, out=out)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/readyz", within)
+        yield base
+    finally:
+        stop_group(process)
