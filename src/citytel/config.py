@@ -40,6 +40,7 @@ class Settings(BaseSettings):
 
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_flush_ms: int = Field(default=100, ge=1)
+    ingest_concurrency: int = Field(default=3, ge=1, le=32)
     ingest_max_future_s: int = Field(default=300, ge=0)
     ingest_stats_interval_s: float = Field(default=30.0, gt=0)
 

@@ -253,6 +253,12 @@ async def process_with_retry(
         delay = min(delay * 2, max_delay)
 
 
+async def _report(stats: IngestStats, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        log.info("ingest: %s", stats.summary())
+
+
 async def _announce(consumer: MqttConsumer, subscribed: asyncio.Event | None) -> None:
     await consumer.wait_subscribed()
     if subscribed is not None:
@@ -283,9 +289,25 @@ async def run_ingest(
     consumer.start(asyncio.get_running_loop())
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     flush_after = settings.ingest_flush_ms / 1000
-    next_report = asyncio.get_running_loop().time() + settings.ingest_stats_interval_s
+    # Several batches in flight: while one commits, the next is decoded and written on another
+    # connection. Each is acknowledged after its own commit; the order of commits does not
+    # matter because storage is idempotent and the latest state never moves backwards.
+    slots = asyncio.Semaphore(settings.ingest_concurrency)
+    in_flight: set[asyncio.Task[None]] = set()
+    reporter = asyncio.ensure_future(_report(stats, settings.ingest_stats_interval_s))
+
+    async def handle(batch: list[InboundMessage]) -> None:
+        try:
+            outcome = await process_with_retry(pool, batch, decoders, stop=stop, stats=stats)
+            if outcome is not None:
+                consumer.ack(batch)
+                stats.add(len(batch), outcome)
+        finally:
+            slots.release()
+
     try:
         while not stop.is_set():
+            await slots.acquire()
             batch_task = asyncio.ensure_future(
                 consumer.inbox.get_batch(settings.ingest_batch_size, flush_after)
             )
@@ -294,18 +316,17 @@ async def run_ingest(
             stop_task.cancel()
             if not batch_task.done():
                 batch_task.cancel()
+                slots.release()
                 break
-            batch = batch_task.result()
-            outcome = await process_with_retry(pool, batch, decoders, stop=stop, stats=stats)
-            if outcome is None:
-                break
-            consumer.ack(batch)
-            stats.add(len(batch), outcome)
-            now = asyncio.get_running_loop().time()
-            if now >= next_report:
-                log.info("ingest: %s", stats.summary())
-                next_report = now + settings.ingest_stats_interval_s
+            task = asyncio.create_task(handle(batch_task.result()))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
     finally:
+        # Batches being stored finish (or give up, once stopped) before we disconnect, so
+        # that what committed is acknowledged.
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        reporter.cancel()
         announce.cancel()
         consumer.stop()
         await pool.close()
