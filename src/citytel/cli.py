@@ -62,6 +62,18 @@ def _api(settings: Settings, _args: argparse.Namespace) -> int:
 
     from citytel.api.app import create_app
 
+    if settings.api_workers > 1:
+        # Worker processes import the app themselves, each building it from the environment.
+        uvicorn.run(
+            "citytel.api.app:create_app_from_env",
+            factory=True,
+            workers=settings.api_workers,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+        return 0
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

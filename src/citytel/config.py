@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
     api_max_radius_m: float = Field(default=5000.0, gt=0)
+    api_workers: int = Field(default=1, ge=1, le=64)
 
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"

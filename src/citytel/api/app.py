@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from citytel import __version__
 from citytel.api.routes import containers, dead_letters, health, parking, zones
-from citytel.config import Settings
+from citytel.config import Settings, get_settings
 from citytel.errors import (
     InvalidQueryError,
     NotFoundError,
@@ -100,3 +100,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(zones.router)
     app.include_router(dead_letters.router)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app for the process's settings: the factory uvicorn workers import."""
+    return create_app(get_settings())
