@@ -16,17 +16,30 @@ _CONTAINER_COLUMNS = """
     l.fill_pct, l.battery_pct, l.temperature_c, l.ts AS measured_at, l.last_seen
 """
 
-LIST_CONTAINERS = f"""
-SELECT {_CONTAINER_COLUMNS}, count(*) OVER () AS total
-FROM containers c
-LEFT JOIN container_latest l ON l.container_id = c.id
+_CONTAINER_FILTER = """
 WHERE ($1::text IS NULL OR c.zone = $1)
   AND ($2::float8 IS NULL OR l.fill_pct >= $2)
   AND ($3::float8 IS NULL
        OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
+"""
+
+# The page and the total are two queries: a window count would make every match be joined,
+# projected and kept in memory just to return one page.
+LIST_CONTAINERS = f"""
+SELECT {_CONTAINER_COLUMNS}
+FROM containers c
+LEFT JOIN container_latest l ON l.container_id = c.id
+{_CONTAINER_FILTER}
 ORDER BY l.fill_pct DESC NULLS LAST, c.id
 LIMIT $7 OFFSET $8
-"""  # noqa: S608 - the f-string only inserts our own column list
+"""  # noqa: S608 - the f-string only inserts our own SQL
+
+COUNT_CONTAINERS = f"""
+SELECT count(*)
+FROM containers c
+LEFT JOIN container_latest l ON l.container_id = c.id
+{_CONTAINER_FILTER}
+"""  # noqa: S608
 
 GET_CONTAINER = f"""
 SELECT {_CONTAINER_COLUMNS}
@@ -142,13 +155,8 @@ async def list_containers(
     box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
     async with connection(pool) as conn:
         rows = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, limit, offset)
-        if rows:
-            return rows, int(rows[0]["total"])
-        if offset == 0:
-            return [], 0
-        # Past the last page the window count is not there; count separately.
-        counted = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, 1, 0)
-        return [], int(counted[0]["total"]) if counted else 0
+        total = await conn.fetchval(COUNT_CONTAINERS, zone, min_fill_pct, *box)
+    return rows, int(total)
 
 
 async def get_container(pool: asyncpg.Pool, container_id: str) -> asyncpg.Record:
