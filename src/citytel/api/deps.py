@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
 
 from citytel.config import Settings
-from citytel.errors import TransientStorageError
+from citytel.errors import InvalidQueryError, TransientStorageError
 
 
 def get_pool(request: Request) -> asyncpg.Pool:
@@ -28,3 +29,11 @@ def get_app_settings(request: Request) -> Settings:
 
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def require_offset(value: datetime, name: str) -> datetime:
+    """``value`` if it carries a UTC offset; a naive time in a query is ambiguous, so refused."""
+    if value.tzinfo is None:
+        message = f"'{name}' must include a UTC offset, like 2026-05-01T08:00:00Z"
+        raise InvalidQueryError(message)
+    return value

@@ -10,7 +10,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query
 
-from citytel.api.deps import PoolDep
+from citytel.api.deps import PoolDep, require_offset
 from citytel.api.schemas import (
     BucketPublic,
     ContainerPage,
@@ -79,13 +79,6 @@ def parse_bucket(raw: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
-def _aware(value: datetime, name: str) -> datetime:
-    if value.tzinfo is None:
-        message = f"'{name}' must include a UTC offset, like 2026-05-01T08:00:00Z"
-        raise InvalidQueryError(message)
-    return value
-
-
 @router.get("", response_model=ContainerPage)
 async def list_containers(
     pool: PoolDep,
@@ -141,8 +134,8 @@ async def container_readings(
     limit: Annotated[int, Query(ge=1, le=10_000, description="raw readings at most")] = 1000,
 ) -> ContainerReadings:
     """A container's fill readings over time, raw or averaged per time bucket."""
-    end = _aware(end, "to") if end is not None else datetime.now(UTC)
-    start = _aware(start, "from") if start is not None else end - DEFAULT_RANGE
+    end = require_offset(end, "to") if end is not None else datetime.now(UTC)
+    start = require_offset(start, "from") if start is not None else end - DEFAULT_RANGE
     if start >= end:
         message = f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
         raise InvalidQueryError(message)

@@ -9,7 +9,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query, Request
 
-from citytel.api.deps import PoolDep
+from citytel.api.deps import PoolDep, require_offset
 from citytel.api.schemas import DeadLetterPage, DeadLetterPublic, ReplayRequest, ReplayResult
 from citytel.domain import Reason
 from citytel.errors import InvalidQueryError
@@ -44,13 +44,6 @@ def dead_letter_public(row: asyncpg.Record) -> DeadLetterPublic:
     )
 
 
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        message = f"'{name}' must include a UTC offset, like 2026-05-01T08:00:00Z"
-        raise InvalidQueryError(message)
-    return value
-
-
 @router.get("", response_model=DeadLetterPage)
 async def list_dead_letters(
     pool: PoolDep,
@@ -61,7 +54,11 @@ async def list_dead_letters(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DeadLetterPage:
     """Messages that could not become readings, newest first, with the reason for each."""
-    where = DeadLetterFilter(reason, _aware(since, "since"), _aware(until, "until"))
+    where = DeadLetterFilter(
+        reason,
+        require_offset(since, "since") if since is not None else None,
+        require_offset(until, "until") if until is not None else None,
+    )
     rows, total = await dead_letters.list_dead_letters(pool, where, limit=limit, offset=offset)
     return DeadLetterPage(
         items=[dead_letter_public(r) for r in rows], total=total, limit=limit, offset=offset
