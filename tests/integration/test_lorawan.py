@@ -276,3 +276,46 @@ async def test_nul_characters_in_an_envelope_do_not_stall_ingestion(
         )
 
     await wait_until(both_done)
+
+
+async def test_health_frame_updates_last_seen_and_battery_not_fill(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    ingest: Callable[[], Awaitable[RunningIngest]],
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    """A battery-only frame of a level sensor sets last seen and battery; fill stays unknown."""
+    features = [
+        feature(
+            "waste_container",
+            "H-WC-1",
+            -7.61,
+            33.58,
+            "maarif",
+            capacity_l=660,
+            depth_mm=1000,
+            device_model="decentlab-dl-mbx",
+            dev_eui="70B3D5E75E00B0B0",
+        ),
+    ]
+    path = tmp_path / "fleet.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    await import_fleet(pool, path)
+    await ingest()
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    # DL-MBX, published vector: battery 2.993 V only, no distance.
+    battery_only = ttn("mbx-1", "70B3D5E75E00B0B0", 1, bytes.fromhex("02012F00020BB1"), None, ts, 3)
+    await asyncio.to_thread(publish_raw, settings, [battery_only])
+
+    async def recorded() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) FROM device_events") == 1)
+
+    await wait_until(recorded)
+    container = (await api.get("/v1/containers/H-WC-1")).json()
+    assert container["fill_pct"] is None
+    assert container["measured_at"] is None
+    # The profile maps 2.2 V to 0 % and 3.2 V to 100 %.
+    assert container["battery_pct"] == pytest.approx(79.3, abs=0.05)
+    assert container["last_seen"] is not None
+    assert await pool.fetchval("SELECT count(*) FROM waste_readings") == 0
