@@ -17,7 +17,10 @@ Consumer lag is published - committed, sampled twice a second.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -124,6 +127,68 @@ async def _received(url: str) -> dict[tuple[str, datetime], float]:
     return {(r["id"], r["ts"]): r["at"] for r in rows}
 
 
+def _bare_baseline(
+    services: Services,
+    workload: Workload,
+    *,
+    base: int,
+    count: int,
+    rate: float,
+    publishers: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The same paced stream into a bare paho subscriber that acks and discards.
+
+    What it measures is what any paho consumer of this shape gets on this machine under this
+    load: how far behind the last publication it receives the last message.
+    """
+    root, client_id = "bench/steady-bare", "bench-steady-bare-0"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.bare_subscriber",
+        "--port",
+        str(services.broker.port),
+        "--root",
+        root,
+        "--client-id",
+        client_id,
+    ]
+    subprocess.run([*command, "--expect", "0"], capture_output=True, timeout=30, check=True)  # noqa: S603
+    subscriber = subprocess.Popen(  # noqa: S603
+        [*command, "--expect", str(count), "--timeout", str(seconds + 120)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    t0 = time.time() + 1.0
+    paced = start_paced(
+        workload,
+        port=services.broker.port,
+        root=root,
+        base=base,
+        count=count,
+        rate=rate,
+        t0=t0,
+        processes=publishers,
+    )
+    try:
+        paced.finish(within=seconds + 60)
+        out, _ = subscriber.communicate(timeout=seconds + 150)
+        published_at = list(paced.published_at[:])
+    finally:
+        paced.kill()
+        if subscriber.poll() is None:
+            subscriber.kill()
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    return {
+        "received": result["received"],
+        "complete": bool(result["ok"]),
+        "last_received_after_last_publish_ms": round(
+            1000 * (result["last"] - max(published_at)), 1
+        ),
+    }
+
+
 def run(
     services: Services,
     workload: Workload,
@@ -178,6 +243,15 @@ def run(
         paced.kill()
         worker.stop()
     received = asyncio.run(_received(url))
+    baseline = _bare_baseline(
+        services,
+        workload,
+        base=base,
+        count=count,
+        rate=rate,
+        publishers=publishers,
+        seconds=seconds,
+    )
     latencies = [observed[i] - published_at[i] for i in observed]
     transit = [
         received[workload.keys[base + i]] - published_at[i]
@@ -186,6 +260,8 @@ def run(
     ]
     last_publish = max(published_at)
     committed_all = len(received)
+    tail_ms = round(1000 * (max(observed.values(), default=last_publish) - last_publish), 1)
+    bare_tail = baseline["last_received_after_last_publish_ms"]
     return {
         "rate_target": rate,
         "seconds": seconds,
@@ -205,6 +281,10 @@ def run(
         },
         "cores_busy": cpu_used,
         "publish_to_committed": _distribution_ms(latencies),
+        # Same-run baseline: how long after the last publication each consumer had it all.
+        "last_committed_after_last_publish_ms": tail_ms,
+        "bare_paho": baseline,
+        "ratio_tail_vs_bare_paho": round(tail_ms / bare_tail, 2) if bare_tail > 0 else None,
         "publish_to_received": _distribution_ms(transit),
         "lag_messages": {
             "max": max((s - c for _, s, c in lag), default=0),

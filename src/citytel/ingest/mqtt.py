@@ -43,21 +43,26 @@ class InboundMessage:
 
 
 class Inbox:
-    """A thread-safe hand-over from paho's thread to the asyncio loop, taken in batches."""
+    """A thread-safe hand-over from paho's thread to the asyncio loop, taken in batches.
+
+    paho's thread wakes the loop once per batch, not once per message: the loop says how many
+    messages it is waiting for, and only the message that reaches that count wakes it.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._items: deque[InboundMessage] = deque()
         self._lock = threading.Lock()
         self._ready = asyncio.Event()
-        self._waiting = False
+        self._wake_at = 0  # 0: nobody waits; else wake when this many messages are here
 
     def put(self, item: InboundMessage) -> None:
-        """Called from paho's thread. Wakes the loop only when it is waiting for work."""
+        """Called from paho's thread."""
         with self._lock:
             self._items.append(item)
-            wake = self._waiting
-            self._waiting = False
+            wake = 0 < self._wake_at <= len(self._items)
+            if wake:
+                self._wake_at = 0
         if wake:
             self._loop.call_soon_threadsafe(self._ready.set)
 
@@ -69,39 +74,36 @@ class Inbox:
             self._items = kept
         return dropped
 
+    def _arm(self, count: int) -> bool:
+        """Ask to be woken at ``count`` messages; False when they are already here."""
+        with self._lock:
+            if len(self._items) >= count:
+                self._wake_at = 0
+                return False
+            self._wake_at = count
+            self._ready.clear()
+            return True
+
     def _take(self, limit: int) -> list[InboundMessage]:
         with self._lock:
+            self._wake_at = 0
             count = min(limit, len(self._items))
-            taken = [self._items.popleft() for _ in range(count)]
-            if not self._items:
-                self._waiting = True
-                self._ready.clear()
-        return taken
+            return [self._items.popleft() for _ in range(count)]
 
     def __len__(self) -> int:
         return len(self._items)
 
     async def get_batch(self, max_size: int, max_wait: float) -> list[InboundMessage]:
         """Wait for a first message, then gather until ``max_size`` or ``max_wait`` seconds."""
-        batch = self._take(max_size)
-        while not batch:
+        while self._arm(1):
             await self._ready.wait()
-            batch = self._take(max_size)
-        if len(batch) >= max_size:
-            return batch
-        deadline = self._loop.time() + max_wait
-        while len(batch) < max_size:
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                break
+        if self._arm(max_size):
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(max_wait):
                     await self._ready.wait()
             except TimeoutError:
-                break
-            batch.extend(self._take(max_size - len(batch)))
-        batch.extend(self._take(max_size - len(batch)))
-        return batch
+                pass
+        return self._take(max_size)
 
 
 class MqttConsumer:
