@@ -8,12 +8,9 @@ stopping one also stops whatever it started.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,30 +24,17 @@ from typing import IO
 import psycopg
 from psycopg import sql
 from pydantic import SecretStr
+from tests.integration.services import (
+    free_port,
+    postgres_bindir,
+    wait_for_port,
+    write_broker_config,
+)
 
 from citytel.config import Settings
 from citytel.storage.migrate import migrate
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, within: float = 15.0) -> None:
-    """Block until something accepts connections on ``port``."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    message = f"nothing listens on port {port} after {within} s"
-    raise TimeoutError(message)
 
 
 def wait_for_http(url: str, within: float = 30.0) -> None:
@@ -150,42 +134,17 @@ class Broker:
         assert self.process is not None  # noqa: S101
         return self.process.pid
 
-    def _config(self) -> Path:
-        text = (REPO / "deploy" / "mosquitto.conf").read_text()
-        text = re.sub(r"^listener\s+1883.*$", f"listener {self.port} 127.0.0.1", text, flags=re.M)
-        data = self.workdir / "mosquitto-data"
-        data.mkdir(exist_ok=True)
-        text = re.sub(
-            r"^persistence_location\s+.*$", f"persistence_location {data}/", text, flags=re.M
-        )
-        text = re.sub(r"^(user|log_dest|pid_file)\s.*$", "", text, flags=re.M)
-        text += f"\nuser {getpass.getuser()}\nlog_dest file {self.workdir / 'mosquitto.log'}\n"
-        path = self.workdir / "mosquitto.conf"
-        path.write_text(text)
-        return path
-
     def start(self) -> None:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = start_group([mosquitto, "-c", str(self._config())])
+        self.process = start_group(
+            [mosquitto, "-c", str(write_broker_config(self.port, self.workdir))]
+        )
         wait_for_port(self.port)
 
     def stop(self) -> None:
         if self.process is not None:
             stop_group(self.process)
             self.process = None
-
-
-def _postgres_bindir() -> Path:
-    candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
-    )
-    if candidates:
-        return candidates[-1].parent
-    found = shutil.which("initdb")
-    if found is None:
-        message = "initdb not found: install PostgreSQL with PostGIS (scripts/bootstrap.sh does)"
-        raise RuntimeError(message)
-    return Path(found).resolve().parent
 
 
 @dataclass
@@ -198,7 +157,7 @@ class PgCluster:
 
     port: int
     root: Path
-    bindir: Path = field(default_factory=_postgres_bindir)
+    bindir: Path = field(default_factory=postgres_bindir)
 
     @property
     def datadir(self) -> Path:

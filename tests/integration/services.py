@@ -45,6 +45,24 @@ def wait_for_port(port: int, within: float = 10.0) -> None:
     raise TimeoutError(message)
 
 
+def write_broker_config(port: int, workdir: Path) -> Path:
+    """The shipped ``deploy/mosquitto.conf`` for a private broker; returns its path.
+
+    Only the port, the persistence directory, the log and the user change, so that it runs
+    unprivileged beside the machine's own broker with exactly the project's settings.
+    """
+    text = (REPO / "deploy" / "mosquitto.conf").read_text()
+    text = re.sub(r"^listener\s+1883.*$", f"listener {port} 127.0.0.1", text, flags=re.M)
+    data = workdir / "data"
+    data.mkdir(exist_ok=True)
+    text = re.sub(r"^persistence_location\s+.*$", f"persistence_location {data}/", text, flags=re.M)
+    text = re.sub(r"^(user|log_dest|pid_file)\s.*$", "", text, flags=re.M)
+    text += f"\nuser {getpass.getuser()}\nlog_dest file {workdir / 'mosquitto.log'}\n"
+    path = workdir / "mosquitto.conf"
+    path.write_text(text)
+    return path
+
+
 @dataclass
 class Broker:
     """A Mosquitto started by the tests with the project's own configuration."""
@@ -58,20 +76,7 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def config(self) -> Path:
-        # The shipped configuration, with only the port, the persistence directory and the
-        # user changed so that it runs unprivileged beside the machine's own broker.
-        text = (REPO / "deploy" / "mosquitto.conf").read_text()
-        text = re.sub(r"^listener\s+1883.*$", f"listener {self.port} 127.0.0.1", text, flags=re.M)
-        data = self.workdir / "data"
-        data.mkdir(exist_ok=True)
-        text = re.sub(
-            r"^persistence_location\s+.*$", f"persistence_location {data}/", text, flags=re.M
-        )
-        text = re.sub(r"^(user|log_dest|pid_file)\s.*$", "", text, flags=re.M)
-        text += f"\nuser {getpass.getuser()}\nlog_dest file {self.workdir / 'mosquitto.log'}\n"
-        path = self.workdir / "mosquitto.conf"
-        path.write_text(text)
-        return path
+        return write_broker_config(self.port, self.workdir)
 
     def start(self) -> None:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -140,7 +145,7 @@ def drop_database(server_url: str, name: str) -> None:
         )
 
 
-def _postgres_bindir() -> Path:
+def postgres_bindir() -> Path:
     candidates = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
     )
@@ -199,7 +204,7 @@ class PgCluster:
 def running_cluster() -> Iterator[PgCluster]:
     """A fresh PostgreSQL cluster on a free port for the duration of the block."""
     root = Path(tempfile.mkdtemp(prefix="citytel-pg-"))
-    cluster = PgCluster(port=free_port(), datadir=root / "data", bindir=_postgres_bindir())
+    cluster = PgCluster(port=free_port(), datadir=root / "data", bindir=postgres_bindir())
     try:
         cluster.init()
         cluster.start()
