@@ -35,6 +35,10 @@ class TransientStorageError(StorageError):
     """A database failure that goes away by itself: reconnect and retry."""
 
 
+class MqttProtocolError(CitytelError):
+    """The broker sent something an MQTT 5 client must not accept; the connection is dropped."""
+
+
 class NotFoundError(CitytelError):
     """A container, spot or zone that citytel does not know."""
 

@@ -1,9 +1,8 @@
-"""The hand-over from paho's thread to asyncio, taken in batches by size or by timer."""
+"""The inbox between the MQTT connection and the pipeline, taken in batches by size or by timer."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import UTC, datetime
 
 from citytel.ingest.mqtt import InboundMessage, Inbox
@@ -22,9 +21,8 @@ def message(mid: int, connection: int = 1) -> InboundMessage:
 
 async def test_full_batch_is_returned_at_once() -> None:
     """When a batch's worth is waiting, it is returned without waiting for the timer."""
-    inbox = Inbox(asyncio.get_running_loop())
-    for mid in range(25):
-        inbox.put(message(mid))
+    inbox = Inbox()
+    inbox.put([message(mid) for mid in range(25)])
     async with asyncio.timeout(0.5):
         batch = await inbox.get_batch(10, max_wait=60)
     assert [m.mid for m in batch] == list(range(10))
@@ -33,24 +31,25 @@ async def test_full_batch_is_returned_at_once() -> None:
 
 async def test_partial_batch_flushes_on_timer() -> None:
     """A partial batch is returned once the flush interval after its first message has passed."""
-    inbox = Inbox(asyncio.get_running_loop())
-    inbox.put(message(1))
+    inbox = Inbox()
+    inbox.put([message(1)])
     async with asyncio.timeout(2):
         batch = await inbox.get_batch(100, max_wait=0.05)
     assert [m.mid for m in batch] == [1]
 
 
-async def test_messages_from_another_thread_wake_the_waiting_loop() -> None:
-    """A waiting consumer wakes when paho's thread delivers, and keeps arrival order."""
-    inbox = Inbox(asyncio.get_running_loop())
+async def test_deliveries_wake_the_waiting_consumer_in_order() -> None:
+    """A waiting consumer wakes when reads deliver, and keeps arrival order."""
+    inbox = Inbox()
 
-    def deliver() -> None:
-        for mid in range(50):
-            inbox.put(message(mid))
+    async def deliver() -> None:
+        for start in range(0, 50, 7):
+            inbox.put([message(mid) for mid in range(start, min(start + 7, 50))])
+            await asyncio.sleep(0)
 
     waiter = asyncio.create_task(inbox.get_batch(50, max_wait=1))
     await asyncio.sleep(0.01)
-    threading.Thread(target=deliver).start()
+    await deliver()
     async with asyncio.timeout(5):
         batch = await waiter
     taken = [m.mid for m in batch]
@@ -62,10 +61,9 @@ async def test_messages_from_another_thread_wake_the_waiting_loop() -> None:
 
 async def test_discarding_an_old_connection_keeps_the_new_one() -> None:
     """After a reconnect, what the old connection delivered is dropped: the broker resends it."""
-    inbox = Inbox(asyncio.get_running_loop())
-    for mid in range(3):
-        inbox.put(message(mid, connection=1))
-    inbox.put(message(7, connection=2))
+    inbox = Inbox()
+    inbox.put([message(mid, connection=1) for mid in range(3)])
+    inbox.put([message(7, connection=2)])
     assert inbox.discard_connection(1) == 3
     async with asyncio.timeout(1):
         batch = await inbox.get_batch(10, max_wait=0.01)

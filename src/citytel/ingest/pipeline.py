@@ -286,7 +286,7 @@ async def run_ingest(
         return stats
     decoders = Decoders.from_settings(settings)
     consumer = MqttConsumer(settings, subscriptions(settings))
-    consumer.start(asyncio.get_running_loop())
+    consumer.start()
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     flush_after = settings.ingest_flush_ms / 1000
     # Several batches in flight: while one commits, the next is decoded and written on another
@@ -328,7 +328,7 @@ async def run_ingest(
             await asyncio.gather(*in_flight, return_exceptions=True)
         reporter.cancel()
         announce.cancel()
-        consumer.stop()
+        await consumer.stop()
         await pool.close()
         log.info("ingest stopped: %s", stats.summary())
     return stats
