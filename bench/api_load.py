@@ -32,7 +32,7 @@ import asyncpg
 from bench.database import populate_latest
 from bench.services import Services, citytel_api
 from citytel.config import Settings
-from citytel.storage.queries import FREE_SPOTS_NEAR, LIST_CONTAINERS
+from citytel.storage.queries import FREE_SPOTS_NEAR_JSON, LIST_CONTAINERS
 
 _PARAMETER_SETS = 256
 _RADIUS_M = 500
@@ -69,7 +69,7 @@ def _paths(query: str, sets: list[dict[str, Any]]) -> list[str]:
 
 def _sql_args(query: str, p: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
     if query == "parking":
-        return FREE_SPOTS_NEAR, (p["lat"], p["lon"], float(p["radius_m"]), p["limit"], None)
+        return FREE_SPOTS_NEAR_JSON, (p["lat"], p["lon"], float(p["radius_m"]), p["limit"], None)
     return LIST_CONTAINERS, (None, p["min_fill_pct"], None, None, None, None, p["limit"], 0)
 
 

@@ -9,12 +9,26 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from citytel.config import Settings, get_settings
 from citytel.errors import CitytelError
 
 log = logging.getLogger("citytel")
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine to completion on uvloop where it is installed, else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -53,7 +67,7 @@ def _ingest(settings: Settings, _args: argparse.Namespace) -> int:
         stop = await _until_signalled()
         await run_ingest(settings, stop=stop)
 
-    asyncio.run(main())
+    _run(main())
     return 0
 
 
@@ -102,7 +116,7 @@ def _fleet_import(settings: Settings, args: argparse.Namespace) -> int:
             await pool.close()
         log.info("imported %d containers and %d parking spots", result.containers, result.spots)
 
-    asyncio.run(main())
+    _run(main())
     return 0
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
 import pytest
 
+from citytel.api.schemas import FreeSpots
 from tests.integration.conftest import Fleet
 
 pytestmark = pytest.mark.integration
@@ -57,6 +59,81 @@ async def test_free_spots_nearest_first_with_distance(
     assert distances == sorted(distances)
     assert distances[0] == pytest.approx(100, rel=0.02)
     assert all(item["status"] == "free" for item in items)
+
+
+def destination(lat: float, lon: float, bearing_deg: float, metres: float) -> tuple[float, float]:
+    """The point ``metres`` away on the sphere PostGIS measures on (mean radius 6,371,008.8 m)."""
+    radius = 6_371_008.8
+    phi, lam, theta = math.radians(lat), math.radians(lon), math.radians(bearing_deg)
+    delta = metres / radius
+    phi2 = math.asin(
+        math.sin(phi) * math.cos(delta) + math.cos(phi) * math.sin(delta) * math.cos(theta)
+    )
+    lam2 = lam + math.atan2(
+        math.sin(theta) * math.sin(delta) * math.cos(phi),
+        math.cos(delta) - math.sin(phi) * math.sin(phi2),
+    )
+    return math.degrees(phi2), math.degrees(lam2)
+
+
+@pytest.mark.parametrize("lat", [33.5731, -54.8, 69.65])
+async def test_free_spots_edge_of_the_circle_in_every_direction(
+    pool: asyncpg.Pool, api: httpx.AsyncClient, lat: float
+) -> None:
+    """A spot 2 m inside the radius is found in every direction, one 2 m outside never is."""
+    lon, radius = -7.5898, 1200.0
+    inside, spots = [], []
+    for bearing in range(0, 360, 30):
+        for metres in (radius - 2, radius + 2):
+            spot = f"EDGE-{bearing}-{int(metres)}"
+            p_lat, p_lon = destination(lat, lon, bearing, metres)
+            spots.append((spot, f"SRID=4326;POINT({p_lon} {p_lat})"))
+            if metres < radius:
+                inside.append(spot)
+    await pool.executemany(
+        "INSERT INTO parking_spots (id, location, zone) VALUES ($1, $2::geography, 'edge')", spots
+    )
+    await set_spots(pool, {spot: False for spot, _ in spots})
+    response = await api.get(
+        "/v1/parking/free", params={"lat": lat, "lon": lon, "radius_m": radius, "limit": 200}
+    )
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert sorted(item["id"] for item in items) == sorted(inside)
+    assert all(item["distance_m"] == pytest.approx(radius - 2, abs=0.15) for item in items)
+
+
+async def test_free_spot_has_the_shape_of_a_spot(
+    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+) -> None:
+    """A free spot reads exactly like the same spot from /v1/parking/spots, plus its distance."""
+    spot = fleet.spots[1]
+    await pool.execute(
+        "INSERT INTO spot_latest (spot_id, ts, occupied, battery_pct, last_seen)"
+        " VALUES ($1, $2, false, 87.5, $3)",
+        spot,
+        NOW - timedelta(minutes=5),
+        NOW - timedelta(seconds=30, microseconds=250),
+    )
+    free = await api.get(
+        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 500, "limit": 1}
+    )
+    one = await api.get(f"/v1/parking/spots/{spot}")
+    [item] = free.json()["items"]
+    distance = item.pop("distance_m")
+    assert item == one.json()
+    assert distance == pytest.approx(100, rel=0.02)
+    assert FreeSpots.model_validate(free.json()).items[0].battery_pct == 87.5
+
+
+@pytest.mark.parametrize(("lat", "lon"), [(89.999, 179.999), (-89.999, -179.999), (0, 180)])
+async def test_free_spots_at_the_edges_of_the_map(
+    api: httpx.AsyncClient, lat: float, lon: float
+) -> None:
+    """A search circle that crosses a pole or the antimeridian is answered, not a 500."""
+    response = await api.get("/v1/parking/free", params={"lat": lat, "lon": lon, "radius_m": 5000})
+    assert response.status_code == 200
+    assert response.json() == {"items": [], "lat": lat, "lon": lon, "radius_m": 5000.0}
 
 
 async def test_free_spots_limit(fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient) -> None:

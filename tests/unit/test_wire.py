@@ -10,33 +10,14 @@ from citytel.errors import MqttProtocolError
 from citytel.ingest import wire
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        value, byte = divmod(value, 128)
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def publish_bytes(
-    topic: str,
-    payload: bytes,
-    *,
-    qos: int = 1,
-    packet_id: int = 1,
-    properties: bytes = b"",
-    retain: bool = False,
-    dup: bool = False,
-) -> bytes:
-    """A PUBLISH packet laid out by hand from the standard (3.3), independently of the reader."""
-    raw_topic = topic.encode()
-    body = len(raw_topic).to_bytes(2, "big") + raw_topic
-    if qos:
-        body += packet_id.to_bytes(2, "big")
-    body += varint(len(properties)) + properties + payload
-    first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
-    return bytes([first]) + varint(len(body)) + body
+def test_publish_packet_matches_the_standard_layout() -> None:
+    """PUBLISH: flags, a three-byte remaining length for 200 KB, topic, packet id, properties."""
+    packet = wire.encode_publish("big", b"z" * 200_000, packet_id=1, dup=True)
+    # 2 + 3 topic, 2 packet id, 1 empty property length, then the payload: 200,008 bytes,
+    # which as a variable byte integer is 0xC8 0x9A 0x0C (72 + 26 * 128 + 12 * 128**2).
+    assert packet[:12] == b"\x3a\xc8\x9a\x0c" + b"\x00\x03big" + b"\x00\x01" + b"\x00"
+    assert len(packet) == 4 + 200_008
+    assert wire.encode_publish("t", b"x", qos=0, retain=True) == b"\x31\x05\x00\x01t\x00x"
 
 
 def test_connect_packet_matches_the_standard_layout() -> None:
@@ -79,9 +60,9 @@ def test_subscribe_and_pubacks() -> None:
 def test_reader_parses_publishes_and_control_packets() -> None:
     """QoS 0 and 1 messages, properties stepped over, a PINGRESP between them."""
     stream = (
-        publish_bytes("citytel/v1/waste/c1", b'{"fill_pct": 50}', packet_id=9, dup=True)
+        wire.encode_publish("citytel/v1/waste/c1", b'{"fill_pct": 50}', packet_id=9, dup=True)
         + b"\xd0\x00"
-        + publish_bytes(
+        + wire.encode_publish(
             "t/2", b"x", qos=0, properties=b"\x01\x01\x23\x00\x05", retain=True
         )  # payload format and topic alias
     )
@@ -106,7 +87,7 @@ def test_reader_is_indifferent_to_how_the_stream_is_cut(
 ) -> None:
     """However TCP splits the stream, the same messages come out, in order, and nothing is left."""
     stream = b"".join(
-        publish_bytes(topic, payload, packet_id=i + 1)
+        wire.encode_publish(topic, payload, packet_id=i + 1)
         for i, (topic, payload) in enumerate(messages)
     )
     reader = wire.PacketReader()
@@ -124,7 +105,7 @@ def test_reader_is_indifferent_to_how_the_stream_is_cut(
 
 def test_large_message_needs_a_multi_byte_length() -> None:
     """A 200 KB payload (three-byte remaining length) arrives whole, in however many reads."""
-    stream = publish_bytes("big", b"z" * 200_000)
+    stream = wire.encode_publish("big", b"z" * 200_000, packet_id=1)
     reader = wire.PacketReader()
     assert reader.feed(stream[:100_000]) == []
     [message] = reader.feed(stream[100_000:])

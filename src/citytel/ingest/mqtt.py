@@ -21,6 +21,7 @@ from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 from citytel.config import Settings
 from citytel.errors import MqttProtocolError
@@ -118,8 +119,8 @@ class _Connection(asyncio.Protocol):
         self.last_write = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP gives a Transport
-        self.transport = transport
+        # A TCP transport; uvloop's does not derive from asyncio.Transport, hence no isinstance.
+        self.transport = cast("asyncio.Transport", transport)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

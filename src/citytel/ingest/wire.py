@@ -141,6 +141,25 @@ def encode_connect(
     return _packet(0x10, variable + _varint(len(properties)) + properties + payload)
 
 
+def encode_publish(
+    topic: str,
+    payload: bytes,
+    *,
+    packet_id: int = 0,
+    qos: int = 1,
+    properties: bytes = b"",
+    retain: bool = False,
+    dup: bool = False,
+) -> bytes:
+    """A PUBLISH packet. The service only receives them; tools and tests send them."""
+    body = _string(topic)
+    if qos:
+        body += packet_id.to_bytes(2, "big")
+    body += _varint(len(properties)) + properties + payload
+    first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
+    return _packet(first, body)
+
+
 def encode_subscribe(packet_id: int, topic_filters: list[str], qos: int = 1) -> bytes:
     """A SUBSCRIBE packet asking for each filter at ``qos``."""
     payload = b"".join(_string(topic) + bytes([qos]) for topic in topic_filters)

@@ -74,18 +74,61 @@ _SPOT_COLUMNS = """
     l.occupied, l.battery_pct, l.ts AS status_since, l.last_seen
 """
 
-# The KNN operator walks the GiST index nearest-first and stops after LIMIT free spots; the
-# sphere distance matches what <-> orders by, so the list is sorted by the distance it shows.
-FREE_SPOTS_NEAR = f"""
-SELECT {_SPOT_COLUMNS}, ST_Distance(s.location, p.here, false) AS distance_m
-FROM (SELECT ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography AS here) p,
-     parking_spots s
-JOIN spot_latest l ON l.spot_id = s.id
-WHERE NOT l.occupied
-  AND ST_DWithin(s.location, p.here, $3, false)
-  AND ($5::text IS NULL OR s.category = $5)
-ORDER BY s.location <-> p.here
-LIMIT $4
+
+def _rfc3339(column: str) -> str:
+    """SQL rendering a timestamptz as the API's JSON does: UTC, ``Z``, microseconds if any."""
+    return (
+        f"CASE WHEN date_trunc('second', {column}) = {column}"
+        f" THEN to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        f" ELSE to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
+    )
+
+
+# The hottest read of the API answers with the JSON array of ``FreeSpot`` items built by the
+# database: one text value to decode instead of a row per spot, and no model per spot in Python.
+#
+# The plan that matters: the GiST index walked nearest-first (``<->``) inside a bounding box of
+# the search circle, each spot checked for being free, stopping after LIMIT. ST_DWithin would
+# give the same answer, but the planner underestimates how many spots it keeps (by a factor of
+# several hundred in a dense district) and then prefers to fetch every spot in the circle and
+# sort them: 27 ms instead of 0.5 ms downtown. So the box is explicit (degrees of latitude are
+# at least 110,574 m; longitude shrinks with cos(lat); 5 % margin; clamped to valid
+# coordinates, so a circle across the antimeridian is cut there) and the exact sphere
+# distance, the one ``<->`` orders by, is a plain filter.
+FREE_SPOTS_NEAR_JSON = f"""
+SELECT '[' || coalesce(string_agg(row_to_json(f)::text, ',' ORDER BY f.distance_m), '') || ']'
+FROM (
+    SELECT n.id, n.zone, n.category,
+           (SELECT row_to_json(point) FROM (SELECT n.lat, n.lon) point) AS location,
+           'free' AS status,
+           {_rfc3339("n.ts")} AS status_since,
+           n.battery_pct,
+           {_rfc3339("n.last_seen")} AS last_seen,
+           round(n.distance_m::numeric, 1) AS distance_m
+    FROM (
+        SELECT s.id, s.zone, s.category,
+               ST_Y(s.location::geometry) AS lat, ST_X(s.location::geometry) AS lon,
+               l.ts, l.battery_pct, l.last_seen,
+               ST_Distance(s.location, p.here, false) AS distance_m
+        FROM (
+            SELECT ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography AS here,
+                   ST_MakeEnvelope(
+                       greatest($2 - d.lon, -180), greatest($1 - d.lat, -90),
+                       least($2 + d.lon, 180), least($1 + d.lat, 90), 4326
+                   )::geography AS box
+            FROM (SELECT $3 * 1.05 / 110574 AS lat,
+                         $3 * 1.05 / (111320 * greatest(cos(radians($1)), 0.01)) AS lon) d
+        ) p,
+        parking_spots s
+        JOIN spot_latest l ON l.spot_id = s.id
+        WHERE NOT l.occupied
+          AND s.location && p.box
+          AND ST_Distance(s.location, p.here, false) <= $3
+          AND ($5::text IS NULL OR s.category = $5)
+        ORDER BY s.location <-> p.here
+        LIMIT $4
+    ) n
+) f
 """  # noqa: S608
 
 GET_SPOT = f"""
@@ -195,7 +238,7 @@ async def container_readings(
         return await conn.fetch(CONTAINER_READINGS_BUCKETED, container_id, start, end, bucket)
 
 
-async def free_spots_near(
+async def free_spots_near_json(
     pool: asyncpg.Pool,
     *,
     lat: float,
@@ -203,10 +246,11 @@ async def free_spots_near(
     radius_m: float,
     limit: int,
     category: str | None,
-) -> list[asyncpg.Record]:
-    """Free spots within ``radius_m`` of a point, nearest first."""
+) -> str:
+    """Free spots within ``radius_m`` of a point, nearest first, as a JSON array."""
     async with connection(pool) as conn:
-        return await conn.fetch(FREE_SPOTS_NEAR, lat, lon, radius_m, limit, category)
+        items: str = await conn.fetchval(FREE_SPOTS_NEAR_JSON, lat, lon, radius_m, limit, category)
+    return items
 
 
 async def get_spot(pool: asyncpg.Pool, spot_id: str) -> asyncpg.Record:
