@@ -1,5 +1,9 @@
 """API: the two hot reads at a fixed concurrency, against ``citytel api`` and against asyncpg.
 
+Free-spot searches are measured three ways: the API as it runs (answering from its live,
+in-memory view), the API with that view switched off (each search a database query), and the
+query alone through asyncpg.
+
 The load runs in a process of its own: ``wrk`` when it is installed (C, so the client costs
 little CPU on a small machine), else the small asyncio HTTP/1.1 keep-alive client below. The
 baseline runs the very same SQL (``citytel.storage.queries``) with the same parameters straight
@@ -281,10 +285,14 @@ def run(
     for query in ("parking", "containers"):
         paths = _paths(query, sets[query])
         entry: dict[str, Any] = {}
-        for workers in worker_counts:
-            with citytel_api(services, workers=workers) as base:
+        variants = [(f"api_{workers}_worker", workers, True) for workers in worker_counts]
+        if query == "parking":
+            # The same API with its live view off: each search is the database's query.
+            variants.append(("api_1_worker_database_view", 1, False))
+        for name, workers, live in variants:
+            with citytel_api(services, workers=workers, live_spots=live) as base:
                 entry.setdefault("sample_response", _sample(base, paths[0]))
-                entry[f"api_{workers}_worker"] = http_load(
+                entry[name] = http_load(
                     base,
                     paths,
                     concurrency=concurrency,
@@ -318,6 +326,9 @@ def run(
         entry["ratio_api_vs_asyncpg_rps"] = round(api["rps"] / db["rps"], 3)
         if "api_2_worker" in entry:
             entry["ratio_2_workers_vs_1_rps"] = round(entry["api_2_worker"]["rps"] / api["rps"], 3)
+        if "api_1_worker_database_view" in entry:
+            database_view = entry["api_1_worker_database_view"]
+            entry["ratio_live_vs_database_view_rps"] = round(api["rps"] / database_view["rps"], 3)
         result[query] = entry
     return result
 

@@ -172,7 +172,8 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
         for query, short in (("parking", "free spots"), ("containers", "containers")):
             for key, name in (
                 ("api_1_worker", "citytel api"),
-                ("api_2_worker", "citytel 2 workers*"),
+                ("api_2_worker", "citytel 2 workers"),
+                ("api_1_worker_database_view", "citytel, no live view"),
                 ("asyncpg", "asyncpg same SQL"),
             ):
                 if key in api[query]:
@@ -184,7 +185,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
             axes[1][0],
             labels,
             rps,
-            f"API throughput, {api['concurrency']} concurrent (*uvicorn --workers, not the CLI)",
+            f"API throughput, {api['concurrency']} concurrent",
             "requests / s",
             TARGETS["parking_rps"],
         )

@@ -52,6 +52,21 @@ def wait_for_http(url: str, within: float = 30.0) -> None:
     raise TimeoutError(message)
 
 
+def _wait_for_live_view(base: str, within: float) -> None:
+    """Block until free-spot searches are answered from the live view (its first read done)."""
+    deadline = time.monotonic() + within
+    live = 0
+    while live < 10:  # every worker's view, most likely, with several workers
+        with urllib.request.urlopen(  # noqa: S310 - our own URL
+            f"{base}/v1/parking/free?lat=0&lon=0", timeout=5
+        ) as response:
+            live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
+        if time.monotonic() > deadline:
+            message = f"{base} did not answer from its live parking view within {within} s"
+            raise TimeoutError(message)
+        time.sleep(0.05)
+
+
 def start_group(
     command: list[str],
     *,
@@ -327,11 +342,13 @@ class Services:
 
 
 @contextlib.contextmanager
-def citytel_api(services: Services, *, workers: int = 1, within: float = 60.0) -> Iterator[str]:
-    """``citytel api`` as a real process (or uvicorn with ``workers`` > 1); yields its base URL.
+def citytel_api(
+    services: Services, *, workers: int = 1, live_spots: bool = True, within: float = 60.0
+) -> Iterator[str]:
+    """``citytel api`` as a real process with ``workers`` workers; yields its base URL.
 
-    The CLI has no worker option, so the multi-worker variant runs uvicorn itself on the same
-    application factory; it answers what more workers would give, not how the CLI runs.
+    ``live_spots=False`` switches the in-memory parking view off, so that every free-spot
+    search is a database query: the API as it was before the view, for comparison.
     """
     port = free_port()
     env = clean_env(
@@ -339,33 +356,19 @@ def citytel_api(services: Services, *, workers: int = 1, within: float = 60.0) -
         mqtt_url=services.broker.url,
         api_host="127.0.0.1",
         api_port=str(port),
+        api_workers=str(workers),
+        api_live_spots=str(live_spots).lower(),
         log_level="WARNING",
     )
-    if workers == 1:
-        command = [sys.executable, "-m", "citytel", "api"]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "bench.asgi:create",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-    log = services.workdir / f"api-{workers}.log"
+    command = [sys.executable, "-m", "citytel", "api"]
+    log = services.workdir / f"api-{workers}-{'live' if live_spots else 'db'}.log"
     with log.open("ab") as out:
         process = start_group(command, env=env, out=out)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/readyz", within)
+        if live_spots:
+            _wait_for_live_view(base, within)
         yield base
     finally:
         stop_group(process)

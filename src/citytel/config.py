@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=1, le=65535)
     api_max_radius_m: float = Field(default=5000.0, gt=0)
     api_workers: int = Field(default=1, ge=1, le=64)
+    # Free-spot searches from each API process's in-memory view (src/citytel/api/live_spots.py).
+    api_live_spots: bool = True
+    api_live_refresh_ms: int = Field(default=500, ge=10)
+    api_live_resync_s: float = Field(default=600.0, gt=0)
+    api_live_max_staleness_s: float = Field(default=10.0, gt=0)
 
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"

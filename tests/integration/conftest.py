@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -180,9 +181,9 @@ async def ingest(settings: Settings) -> AsyncIterator[Callable[[], Awaitable[Run
             await handle.stop()
 
 
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API served by uvicorn on a free port, and an HTTP client for it."""
+@contextlib.asynccontextmanager
+async def serve_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it."""
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
@@ -192,14 +193,23 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with asyncio.timeout(10):
         while not server.started:
             await asyncio.sleep(0.02)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            async with asyncio.timeout(10):
+                while (await client.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.05)
+            yield client
+    finally:
+        server.should_exit = True
         async with asyncio.timeout(10):
-            while (await client.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.05)
+            await task
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with the test's settings, and an HTTP client for it."""
+    async with serve_api(settings) as client:
         yield client
-    server.should_exit = True
-    async with asyncio.timeout(10):
-        await task
 
 
 async def wait_until(

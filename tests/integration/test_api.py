@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
 from citytel.api.schemas import FreeSpots
-from tests.integration.conftest import Fleet
+from citytel.config import Settings
+from tests.integration.conftest import Fleet, serve_api
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +46,40 @@ async def set_spots(pool: asyncpg.Pool, states: dict[str, bool]) -> None:
     )
 
 
+@pytest.fixture(params=["live", "database"])
+async def spots_api(
+    request: pytest.FixtureRequest, settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API answering free-spot searches from its live view, or from the database."""
+    live = request.param == "live"
+    update = {"api_live_spots": live, "api_live_refresh_ms": 50}
+    async with serve_api(settings.model_copy(update=update)) as client:
+        yield client
+
+
+async def free_spots(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, params: dict[str, Any]
+) -> httpx.Response:
+    """GET /v1/parking/free once its answer holds everything this test has committed."""
+    committed = await pool.fetchval("SELECT clock_timestamp()")
+    async with asyncio.timeout(10):
+        while True:
+            response = await api.get("/v1/parking/free", params=params)
+            if response.status_code != 200:
+                return response
+            if datetime.fromisoformat(response.json()["as_of"]) >= committed:
+                return response
+            await asyncio.sleep(0.02)
+
+
 async def test_free_spots_nearest_first_with_distance(
-    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+    fleet: Fleet, pool: asyncpg.Pool, spots_api: httpx.AsyncClient
 ) -> None:
     """Free spots come nearest first with distances; occupied and far ones are left out."""
     # Spots lie 100 m apart eastwards from the query point: spot i is i*100 m away.
     await set_spots(pool, {s: i % 3 == 0 for i, s in enumerate(fleet.spots)})
-    response = await api.get(
-        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 750, "limit": 50}
+    response = await free_spots(
+        spots_api, pool, {"lat": 33.5731, "lon": -7.5898, "radius_m": 750, "limit": 50}
     )
     assert response.status_code == 200
     items = response.json()["items"]
@@ -78,7 +108,7 @@ def destination(lat: float, lon: float, bearing_deg: float, metres: float) -> tu
 
 @pytest.mark.parametrize("lat", [33.5731, -54.8, 69.65])
 async def test_free_spots_edge_of_the_circle_in_every_direction(
-    pool: asyncpg.Pool, api: httpx.AsyncClient, lat: float
+    pool: asyncpg.Pool, spots_api: httpx.AsyncClient, lat: float
 ) -> None:
     """A spot 2 m inside the radius is found in every direction, one 2 m outside never is."""
     lon, radius = -7.5898, 1200.0
@@ -94,8 +124,8 @@ async def test_free_spots_edge_of_the_circle_in_every_direction(
         "INSERT INTO parking_spots (id, location, zone) VALUES ($1, $2::geography, 'edge')", spots
     )
     await set_spots(pool, {spot: False for spot, _ in spots})
-    response = await api.get(
-        "/v1/parking/free", params={"lat": lat, "lon": lon, "radius_m": radius, "limit": 200}
+    response = await free_spots(
+        spots_api, pool, {"lat": lat, "lon": lon, "radius_m": radius, "limit": 200}
     )
     assert response.status_code == 200
     items = response.json()["items"]
@@ -104,7 +134,7 @@ async def test_free_spots_edge_of_the_circle_in_every_direction(
 
 
 async def test_free_spot_has_the_shape_of_a_spot(
-    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+    fleet: Fleet, pool: asyncpg.Pool, spots_api: httpx.AsyncClient
 ) -> None:
     """A free spot reads exactly like the same spot from /v1/parking/spots, plus its distance."""
     spot = fleet.spots[1]
@@ -115,10 +145,10 @@ async def test_free_spot_has_the_shape_of_a_spot(
         NOW - timedelta(minutes=5),
         NOW - timedelta(seconds=30, microseconds=250),
     )
-    free = await api.get(
-        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 500, "limit": 1}
+    free = await free_spots(
+        spots_api, pool, {"lat": 33.5731, "lon": -7.5898, "radius_m": 500, "limit": 1}
     )
-    one = await api.get(f"/v1/parking/spots/{spot}")
+    one = await spots_api.get(f"/v1/parking/spots/{spot}")
     [item] = free.json()["items"]
     distance = item.pop("distance_m")
     assert item == one.json()
@@ -128,19 +158,24 @@ async def test_free_spot_has_the_shape_of_a_spot(
 
 @pytest.mark.parametrize(("lat", "lon"), [(89.999, 179.999), (-89.999, -179.999), (0, 180)])
 async def test_free_spots_at_the_edges_of_the_map(
-    api: httpx.AsyncClient, lat: float, lon: float
+    pool: asyncpg.Pool, spots_api: httpx.AsyncClient, lat: float, lon: float
 ) -> None:
     """A search circle that crosses a pole or the antimeridian is answered, not a 500."""
-    response = await api.get("/v1/parking/free", params={"lat": lat, "lon": lon, "radius_m": 5000})
+    response = await free_spots(spots_api, pool, {"lat": lat, "lon": lon, "radius_m": 5000})
     assert response.status_code == 200
-    assert response.json() == {"items": [], "lat": lat, "lon": lon, "radius_m": 5000.0}
+    body = response.json()
+    as_of = datetime.fromisoformat(body.pop("as_of"))
+    assert body == {"items": [], "lat": lat, "lon": lon, "radius_m": 5000.0}
+    assert abs(datetime.now(UTC) - as_of) < timedelta(seconds=10)
 
 
-async def test_free_spots_limit(fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient) -> None:
+async def test_free_spots_limit(
+    fleet: Fleet, pool: asyncpg.Pool, spots_api: httpx.AsyncClient
+) -> None:
     """limit caps the answer to the nearest few."""
     await set_spots(pool, dict.fromkeys(fleet.spots, False))
-    response = await api.get(
-        "/v1/parking/free", params={"lat": 33.5731, "lon": -7.5898, "radius_m": 5000, "limit": 3}
+    response = await free_spots(
+        spots_api, pool, {"lat": 33.5731, "lon": -7.5898, "radius_m": 5000, "limit": 3}
     )
     assert [i["id"] for i in response.json()["items"]] == fleet.spots[:3]
 

@@ -27,7 +27,15 @@ EXPECTED_COLUMNS = {
         "created_at",
         "updated_at",
     },
-    "parking_spots": {"id", "location", "zone", "category", "created_at", "updated_at"},
+    "parking_spots": {
+        "id",
+        "location",
+        "zone",
+        "category",
+        "created_at",
+        "updated_at",
+        "changed_xid",
+    },
     "waste_readings": {
         "container_id",
         "ts",
@@ -46,7 +54,7 @@ EXPECTED_COLUMNS = {
         "temperature_c",
         "last_seen",
     },
-    "spot_latest": {"spot_id", "ts", "occupied", "battery_pct", "last_seen"},
+    "spot_latest": {"spot_id", "ts", "occupied", "battery_pct", "last_seen", "changed_xid"},
     "dead_letters": {
         "id",
         "topic",
@@ -101,7 +109,12 @@ def schema(url: str) -> dict[str, set[str]]:
 def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
     """The first run creates the expected schema; the second applies nothing and changes nothing."""
     first = migrate(Settings(), database_url=empty_database)
-    assert first.applied == ["0001_registry", "0002_readings", "0004_sensors"]
+    assert first.applied == [
+        "0001_registry",
+        "0002_readings",
+        "0004_sensors",
+        "0005_spot_changes",
+    ]
     assert first.timescaledb is False
     assert first.skipped == ["0003_timescaledb"]
     assert schema(empty_database) == EXPECTED_COLUMNS
@@ -114,7 +127,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         geography = conn.execute(
             "SELECT type FROM geography_columns WHERE f_table_name = 'parking_spots'"
         ).fetchone()
-    assert recorded == [("0001",), ("0002",), ("0004",)]
+    assert recorded == [("0001",), ("0002",), ("0004",), ("0005",)]
     assert geography == ("Point",)
 
 

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from citytel import __version__
+from citytel.api.live_spots import LiveSpots
 from citytel.api.routes import containers, dead_letters, health, parking, zones
 from citytel.config import Settings, get_settings
 from citytel.errors import (
@@ -73,11 +74,15 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         # The API starts even while the database is away: /healthz answers, /readyz says why
         # it is not ready, and data routes answer 503 until the pool exists.
         connecting = asyncio.create_task(connect())
+        live: LiveSpots | None = app.state.live_spots
+        refreshing = asyncio.create_task(live.run(stop)) if live is not None else None
         try:
             yield
         finally:
             stop.set()
             await connecting
+            if refreshing is not None:
+                await refreshing
             if app.state.pool is not None:
                 await app.state.pool.close()
 
@@ -90,6 +95,9 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.settings = settings
     app.state.pool = None
     app.state.decoders = Decoders.from_settings(settings)
+    app.state.live_spots = (
+        LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
+    )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(NotFoundError, _domain_error)
     app.add_exception_handler(InvalidQueryError, _domain_error)

@@ -8,6 +8,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 
+from citytel.api.live_spots import LiveSpots
 from citytel.config import Settings
 from citytel.errors import InvalidQueryError, TransientStorageError
 
@@ -30,7 +31,14 @@ async def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+async def get_live_spots(request: Request) -> LiveSpots | None:
+    """The in-memory parking view, or None when it is switched off."""
+    live: LiveSpots | None = request.app.state.live_spots
+    return live
+
+
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+LiveSpotsDep = Annotated[LiveSpots | None, Depends(get_live_spots)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 

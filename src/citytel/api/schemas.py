@@ -101,6 +101,9 @@ class FreeSpots(BaseModel):
     lat: float
     lon: float
     radius_m: float
+    as_of: datetime = Field(
+        description="the answer holds every reading committed before this time (UTC)"
+    )
 
 
 class FullContainer(BaseModel):

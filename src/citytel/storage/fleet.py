@@ -36,7 +36,7 @@ FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[])
     AS f(id, lon, lat, zone, category)
 ON CONFLICT (id) DO UPDATE SET
     location = EXCLUDED.location, zone = EXCLUDED.zone, category = EXCLUDED.category,
-    updated_at = now()
+    updated_at = now(), changed_xid = pg_current_xact_id()
 """
 
 

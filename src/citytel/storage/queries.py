@@ -97,6 +97,8 @@ def _rfc3339(column: str) -> str:
 # distance, the one ``<->`` orders by, is a plain filter.
 FREE_SPOTS_NEAR_JSON = f"""
 SELECT '[' || coalesce(string_agg(row_to_json(f)::text, ',' ORDER BY f.distance_m), '') || ']'
+       AS items,
+       now() AS as_of
 FROM (
     SELECT n.id, n.zone, n.category,
            (SELECT row_to_json(point) FROM (SELECT n.lat, n.lon) point) AS location,
@@ -130,6 +132,27 @@ FROM (
     ) n
 ) f
 """  # noqa: S608
+
+# The spots changed since a snapshot's xmin (every spot when $1 is NULL), for the API's live
+# index, with the snapshot this answer was read in. Run in a REPEATABLE READ transaction, so that
+# the snapshot returned is the one the rows were read under (migrations/0005_spot_changes.sql).
+SPOT_SNAPSHOT = """
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, now() AS as_of
+"""
+
+SPOT_CHANGES = """
+WITH changed AS (
+    SELECT id FROM parking_spots WHERE $1::text IS NULL OR changed_xid >= $1::text::xid8
+    UNION
+    SELECT spot_id FROM spot_latest WHERE $1::text IS NULL OR changed_xid >= $1::text::xid8
+)
+SELECT s.id, s.zone, s.category,
+       ST_Y(s.location::geometry) AS lat, ST_X(s.location::geometry) AS lon,
+       l.occupied, l.ts AS status_since, l.battery_pct, l.last_seen
+FROM changed
+JOIN parking_spots s ON s.id = changed.id
+LEFT JOIN spot_latest l ON l.spot_id = s.id
+"""
 
 GET_SPOT = f"""
 SELECT {_SPOT_COLUMNS}
@@ -246,11 +269,33 @@ async def free_spots_near_json(
     radius_m: float,
     limit: int,
     category: str | None,
-) -> str:
-    """Free spots within ``radius_m`` of a point, nearest first, as a JSON array."""
+) -> tuple[str, datetime]:
+    """Free spots within ``radius_m`` of a point, nearest first, as a JSON array; and as of when."""
     async with connection(pool) as conn:
-        items: str = await conn.fetchval(FREE_SPOTS_NEAR_JSON, lat, lon, radius_m, limit, category)
-    return items
+        row = await conn.fetchrow(FREE_SPOTS_NEAR_JSON, lat, lon, radius_m, limit, category)
+    assert row is not None  # noqa: S101 - an aggregate without GROUP BY returns one row
+    return row["items"], row["as_of"]
+
+
+@dataclass(frozen=True)
+class SpotChanges:
+    """Spots as a snapshot saw them, and where the next read of changes starts."""
+
+    rows: list[asyncpg.Record]
+    xmin: str
+    as_of: datetime
+
+
+async def spot_changes(pool: asyncpg.Pool, since_xmin: str | None) -> SpotChanges:
+    """Every spot written since ``since_xmin`` (all spots when None), with its latest state."""
+    async with (
+        connection(pool) as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        snapshot = await conn.fetchrow(SPOT_SNAPSHOT)
+        rows = await conn.fetch(SPOT_CHANGES, since_xmin)
+    assert snapshot is not None  # noqa: S101 - a SELECT without FROM returns one row
+    return SpotChanges(rows=rows, xmin=snapshot["xmin"], as_of=snapshot["as_of"])
 
 
 async def get_spot(pool: asyncpg.Pool, spot_id: str) -> asyncpg.Record:

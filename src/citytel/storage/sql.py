@@ -10,6 +10,7 @@ KNOWN_SPOTS = "SELECT id FROM parking_spots WHERE id = ANY($1::text[])"
 # - The latest state is computed from the rows actually inserted, and moves only for a strictly
 #   newer reading, so a late, out-of-order reading is kept in the history without overwriting
 #   the present; last_seen still records that the device spoke.
+# - A spot's changed_xid marks it for the API's live index (migrations/0005_spot_changes.sql).
 STORE_WASTE = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
@@ -78,7 +79,8 @@ WITH batch AS (
                            THEN coalesce(EXCLUDED.battery_pct, cur.battery_pct)
                            ELSE cur.battery_pct END,
         ts = greatest(cur.ts, EXCLUDED.ts),
-        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen)
+        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen),
+        changed_xid = pg_current_xact_id()
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM latest) AS devices
@@ -117,7 +119,8 @@ WITH batch AS (
     ORDER BY device_id
     ON CONFLICT (spot_id) DO UPDATE SET
         battery_pct = coalesce(EXCLUDED.battery_pct, cur.battery_pct),
-        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen)
+        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen),
+        changed_xid = pg_current_xact_id()
     RETURNING 1
 )
 SELECT count(*) FROM inserted

@@ -7,8 +7,9 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query, Response
 
-from citytel.api.deps import PoolDep, SettingsDep
+from citytel.api.deps import LiveSpotsDep, PoolDep, SettingsDep
 from citytel.api.schemas import FreeSpots, Location, SpotPublic
+from citytel.api.spot_index import rfc3339
 from citytel.errors import InvalidQueryError
 from citytel.storage import queries
 
@@ -35,10 +36,25 @@ def spot_public(row: asyncpg.Record) -> SpotPublic:
     )
 
 
-@router.get("/free", response_model=FreeSpots)  # the model documents; the route serialises
+@router.get(
+    "/free",
+    response_model=FreeSpots,  # the model documents; the route serialises
+    responses={
+        200: {
+            "headers": {
+                "X-Citytel-View": {
+                    "description": "live: answered from the API's in-memory view; "
+                    "database: by the database (no view, or one too old)",
+                    "schema": {"type": "string", "enum": ["live", "database"]},
+                }
+            }
+        }
+    },
+)
 async def free_spots(
     pool: PoolDep,
     settings: SettingsDep,
+    live: LiveSpotsDep,
     lat: Annotated[float, Query(ge=-90, le=90, description="latitude, WGS 84")],
     lon: Annotated[float, Query(ge=-180, le=180, description="longitude, WGS 84")],
     radius_m: Annotated[float, Query(gt=0, description="search radius in metres")] = 500,
@@ -52,12 +68,23 @@ async def free_spots(
             "Search a smaller area around the user"
         )
         raise InvalidQueryError(message)
-    items = await queries.free_spots_near_json(
-        pool, lat=lat, lon=lon, radius_m=radius_m, limit=limit, category=category
+    index = live.fresh() if live is not None else None
+    if index is not None and live is not None and live.as_of is not None:
+        items = index.nearest_json(lat, lon, radius_m=radius_m, limit=limit, category=category)
+        as_of, view = live.as_of, "live"
+    else:
+        # No live view, or one too old to trust: the database answers (or the 503 says why).
+        items, as_of = await queries.free_spots_near_json(
+            pool, lat=lat, lon=lon, radius_m=radius_m, limit=limit, category=category
+        )
+        view = "database"
+    # The items are JSON already (the index's, or FREE_SPOTS_NEAR_JSON's); only the envelope
+    # is built here.
+    body = (
+        f'{{"items":{items},"lat":{lat!r},"lon":{lon!r},"radius_m":{radius_m!r},'
+        f'"as_of":"{rfc3339(as_of)}"}}'
     )
-    # The database built the items (see FREE_SPOTS_NEAR_JSON); only the envelope is ours.
-    body = f'{{"items":{items},"lat":{lat!r},"lon":{lon!r},"radius_m":{radius_m!r}}}'
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers={"X-Citytel-View": view})
 
 
 @router.get("/spots/{spot_id}", response_model=SpotPublic, responses={404: {}})

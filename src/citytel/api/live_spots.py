@@ -1,0 +1,107 @@
+"""The API process's live view of parking: a :class:`FreeSpotIndex` kept up to date.
+
+A background task reads, every ``CITYTEL_API_LIVE_REFRESH_MS``, the spots written since its last
+read (the change tracking of ``migrations/0005_spot_changes.sql``) and applies them. Every
+``CITYTEL_API_LIVE_RESYNC_S`` it reads every spot instead, which also forgets spots removed
+from the registry. Free-spot searches are then answered from memory, as of the snapshot last
+read, and say so (``as_of``).
+
+When the view is older than ``CITYTEL_API_LIVE_MAX_STALENESS_S`` (the database is away, or the
+first read has not finished), :meth:`LiveSpots.fresh` returns None and the route asks the
+database itself, so an answer is never staler than that bound without saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+
+from citytel.api.spot_index import FreeSpotIndex, SpotState
+from citytel.config import Settings
+from citytel.errors import StorageError
+from citytel.storage import queries
+
+log = logging.getLogger(__name__)
+
+
+def _state(row: asyncpg.Record) -> SpotState:
+    return SpotState(
+        id=row["id"],
+        zone=row["zone"],
+        category=row["category"],
+        lat=row["lat"],
+        lon=row["lon"],
+        occupied=row["occupied"],
+        status_since=row["status_since"],
+        battery_pct=row["battery_pct"],
+        last_seen=row["last_seen"],
+    )
+
+
+class LiveSpots:
+    """Free spots in memory, refreshed from the database in the background."""
+
+    def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool | None]) -> None:
+        self._pool = pool
+        self._refresh_s = settings.api_live_refresh_ms / 1000
+        self._resync_s = settings.api_live_resync_s
+        self._max_staleness_s = settings.api_live_max_staleness_s
+        self._index = FreeSpotIndex()
+        self._xmin: str | None = None
+        self._resynced_at = 0.0
+        self._read_at: float | None = None
+        self.as_of: datetime | None = None
+        self._failing = False
+
+    def fresh(self) -> FreeSpotIndex | None:
+        """The index if it was read within the staleness bound, else None."""
+        if self._read_at is None or time.monotonic() - self._read_at > self._max_staleness_s:
+            return None
+        return self._index
+
+    async def refresh(self) -> bool:
+        """Read what changed since the last read and apply it; False while there is no pool.
+
+        Raises:
+            StorageError: the database could not be read; the view is left as it was.
+        """
+        pool = self._pool()
+        if pool is None:
+            return False
+        started = time.monotonic()
+        resync = self._xmin is None or started - self._resynced_at >= self._resync_s
+        changes = await queries.spot_changes(pool, None if resync else self._xmin)
+        spots = [_state(row) for row in changes.rows]
+        if resync:
+            index = FreeSpotIndex()
+            index.apply(spots)
+            self._index, self._resynced_at = index, started
+            log.info("live parking view: %d spots read, %d free", len(spots), len(index))
+        else:
+            self._index.apply(spots)
+        self._xmin, self.as_of, self._read_at = changes.xmin, changes.as_of, started
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Refresh until ``stop`` is set; a failed read is logged once, then retried."""
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except StorageError as exc:
+                if not self._failing:
+                    log.warning("live parking view not refreshed (%s); retrying", exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("live parking view refreshed again")
+                self._failing = False
+            try:
+                async with asyncio.timeout(self._refresh_s):
+                    await stop.wait()
+            except TimeoutError:
+                pass

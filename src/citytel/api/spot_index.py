@@ -1,0 +1,258 @@
+"""An in-memory index of free parking spots: the nearest ones to a point, without the database.
+
+"Where is a free spot near me, right now?" is the read the mobile apps make all day. Each API
+process keeps every spot's latest state here, refreshed from the database by
+:mod:`citytel.api.live_spots`, and answers from memory: the spots are laid on a grid of cells
+and searched ring by ring outwards from the query point, stopping as soon as no unvisited cell
+can hold anything nearer than what was found.
+
+Distances are great-circle distances on the sphere PostGIS measures on with
+``ST_Distance(geography, geography, false)`` (the WGS 84 mean radius), so the answer is the one
+the SQL query gives. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+# PostGIS's sphere: the mean radius (2a + b) / 3 of the WGS 84 ellipsoid.
+EARTH_RADIUS_M = 6_371_008.771415059
+# About 110 m north-south: in a dense district the nearest twenty lie within two rings.
+CELL_DEG = 0.001
+# Keeps the longitude span finite at a pole (where it is clamped to the whole circle anyway).
+_MIN_COS_LAT = 1e-12
+# A cell looked up costs about a sixteenth of a spot's distance.
+_SPARSE = 16
+# Rounding of the ring bound: a spot exactly on it is still visited.
+_BOUND_SLACK = 0.999
+
+
+def rfc3339(value: datetime) -> str:
+    """A time as the API writes it: UTC, ``Z``, microseconds only when there are some."""
+    utc = value.astimezone(UTC)
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    if utc.microsecond:
+        text += f".{utc.microsecond:06d}"
+    return text + "Z"
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance on PostGIS's sphere (haversine), as the index computes it."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    lam1, lam2 = math.radians(lon1), math.radians(lon2)
+    h = (
+        math.sin((phi2 - phi1) / 2) ** 2
+        + math.cos(phi1) * math.cos(phi2) * math.sin((lam2 - lam1) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+@dataclass(frozen=True, slots=True)
+class SpotState:
+    """A spot of the registry with its latest state, as the database has it."""
+
+    id: str
+    zone: str
+    category: str
+    lat: float
+    lon: float
+    occupied: bool | None
+    status_since: datetime | None
+    battery_pct: float | None
+    last_seen: datetime | None
+
+    @property
+    def free(self) -> bool:
+        """Known to be free: a reading said so. A spot never heard from is not offered."""
+        return self.occupied is False
+
+
+class _Indexed:
+    """A free spot on the grid, with what the distance needs precomputed."""
+
+    __slots__ = ("_head", "cell", "cos_phi", "lam", "phi", "spot")
+
+    def __init__(self, spot: SpotState) -> None:
+        self.spot = spot
+        self.cell = _cell(spot.lat, spot.lon)
+        self.phi = math.radians(spot.lat)
+        self.lam = math.radians(spot.lon)
+        self.cos_phi = math.cos(self.phi)
+        self._head: str | None = None
+
+    @property
+    def head(self) -> str:
+        """The item's JSON up to its distance: built on first use, once per change."""
+        if self._head is None:
+            self._head = _head(self.spot)
+        return self._head
+
+
+def _head(spot: SpotState) -> str:
+    since = rfc3339(spot.status_since) if spot.status_since else None
+    seen = rfc3339(spot.last_seen) if spot.last_seen else None
+    fields = {
+        "id": spot.id,
+        "zone": spot.zone,
+        "category": spot.category,
+        "location": {"lat": spot.lat, "lon": spot.lon},
+        "status": "free",
+        "status_since": since,
+        "battery_pct": spot.battery_pct,
+        "last_seen": seen,
+    }
+    return json.dumps(fields, separators=(",", ":"))[:-1]
+
+
+def _cell(lat: float, lon: float) -> tuple[int, int]:
+    return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
+
+
+class FreeSpotIndex:
+    """The free spots on a grid, and the nearest-first search over them."""
+
+    def __init__(self) -> None:
+        self._free: dict[str, _Indexed] = {}
+        self._cells: dict[tuple[int, int], dict[str, _Indexed]] = {}
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def apply(self, spots: Iterable[SpotState]) -> None:
+        """Take each spot's current state: a free one is (re)placed, any other is removed."""
+        for spot in spots:
+            self.remove(spot.id)
+            if spot.free:
+                self._put(spot)
+
+    def remove(self, spot_id: str) -> None:
+        """Forget a spot (occupied, unknown, or gone from the registry)."""
+        entry = self._free.pop(spot_id, None)
+        if entry is None:
+            return
+        cell = self._cells[entry.cell]
+        del cell[spot_id]
+        if not cell:
+            del self._cells[entry.cell]
+
+    def _put(self, spot: SpotState) -> None:
+        entry = _Indexed(spot)
+        self._free[spot.id] = entry
+        self._cells.setdefault(entry.cell, {})[spot.id] = entry
+
+    def nearest(
+        self,
+        lat: float,
+        lon: float,
+        *,
+        radius_m: float,
+        limit: int,
+        category: str | None = None,
+    ) -> list[tuple[float, SpotState]]:
+        """Free spots in ``radius_m`` of a point, nearest first (ties by id), ``limit`` at most."""
+        return [(d, e.spot) for d, e in self._search(lat, lon, radius_m, limit, category)]
+
+    def nearest_json(
+        self,
+        lat: float,
+        lon: float,
+        *,
+        radius_m: float,
+        limit: int,
+        category: str | None = None,
+    ) -> str:
+        """:meth:`nearest` as the JSON array of the API's ``FreeSpot`` items."""
+        found = self._search(lat, lon, radius_m, limit, category)
+        return "[" + ",".join(f'{e.head},"distance_m":{round(d, 1)!r}}}' for d, e in found) + "]"
+
+    def _search(
+        self, lat: float, lon: float, radius_m: float, limit: int, category: str | None
+    ) -> list[tuple[float, _Indexed]]:
+        # The search box, as in the SQL query: latitude rows are R * dphi apart everywhere;
+        # longitude columns are narrowest at the box's edge nearest a pole.
+        span_lat = math.degrees(radius_m / EARTH_RADIUS_M)
+        cos_lat = max(math.cos(math.radians(min(90.0, abs(lat) + span_lat))), _MIN_COS_LAT)
+        # A circle over a pole spans every longitude; one across the antimeridian is cut there,
+        # as in the SQL query.
+        span_lon = min(360.0, math.degrees(radius_m / (EARTH_RADIUS_M * cos_lat)))
+        cy, cx = _cell(lat, lon)
+        box = _Box(
+            up=math.floor((lat + span_lat) / CELL_DEG) - cy,
+            down=cy - math.floor((lat - span_lat) / CELL_DEG),
+            right=math.floor((lon + span_lon) / CELL_DEG) - cx,
+            left=cx - math.floor((lon - span_lon) / CELL_DEG),
+        )
+        # (distance, id, entry): ids are unique, so entries are never compared.
+        found: list[tuple[float, str, _Indexed]] = []
+
+        phi0, lam0 = math.radians(lat), math.radians(lon)
+        cos_phi0 = math.cos(phi0)
+        # Haversine, inlined with each spot's precomputed terms: this loop is the hot path.
+        sin, asin, sqrt, diameter = math.sin, math.asin, math.sqrt, 2 * EARTH_RADIUS_M
+
+        def visit(entries: Iterable[_Indexed]) -> None:
+            for entry in entries:
+                if category is not None and entry.spot.category != category:
+                    continue
+                h = (
+                    sin((entry.phi - phi0) / 2) ** 2
+                    + cos_phi0 * entry.cos_phi * sin((entry.lam - lam0) / 2) ** 2
+                )
+                d = diameter * asin(min(1.0, sqrt(h)))
+                if d <= radius_m:
+                    found.append((d, entry.spot.id, entry))
+
+        if box.cells > _SPARSE * len(self._free):
+            # A wide box over few spots (near a pole, say): reading every spot is cheaper.
+            for (y, x), entries in self._cells.items():
+                if box.holds(y - cy, x - cx):
+                    visit(entries.values())
+        else:
+            # A cell k rings out lies beyond k - 1 whole cells: no nearer than that many cell
+            # widths (the narrower of the two, on the great circle).
+            cell_m = EARTH_RADIUS_M * math.radians(CELL_DEG) * cos_lat
+            for ring, cells in enumerate(_rings(cy, cx, box)):
+                if len(found) >= limit:
+                    found = heapq.nsmallest(limit, found)
+                    if found[-1][0] < _BOUND_SLACK * (ring - 1) * cell_m:
+                        break
+                for cell in cells:
+                    members = self._cells.get(cell)
+                    if members:
+                        visit(members.values())
+        return [(d, entry) for d, _, entry in heapq.nsmallest(limit, found)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Box:
+    """How many cells the search box reaches from the query's cell, each way."""
+
+    up: int
+    down: int
+    right: int
+    left: int
+
+    @property
+    def cells(self) -> int:
+        return (self.up + self.down + 1) * (self.right + self.left + 1)
+
+    def holds(self, dy: int, dx: int) -> bool:
+        return -self.down <= dy <= self.up and -self.left <= dx <= self.right
+
+
+def _rings(cy: int, cx: int, box: _Box) -> Iterator[list[tuple[int, int]]]:
+    """The cells of the box, ring by ring outwards from (cy, cx)."""
+    for k in range(max(box.up, box.down, box.right, box.left) + 1):
+        cells: list[tuple[int, int]] = []
+        for dy in range(max(-k, -box.down), min(k, box.up) + 1):
+            if abs(dy) == k:
+                dxs: Iterable[int] = range(max(-k, -box.left), min(k, box.right) + 1)
+            else:
+                dxs = [dx for dx in (-k, k) if box.holds(0, dx)]
+            cells.extend((cy + dy, cx + dx) for dx in dxs)
+        yield cells
