@@ -90,7 +90,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     fig.suptitle("citytel benchmark (one run, 2-core machine; baselines measured in the same run)")
 
     def bars(
@@ -104,10 +104,11 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
             ax.axhline(
                 line, color="#c44e52", linestyle="--", linewidth=1, label=f"target {line:,.0f}"
             )
-            ax.legend(loc="upper right", fontsize=8)
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_ylim(0, max(values) * 1.15)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
-        ax.tick_params(axis="x", labelsize=8, rotation=15)
+        ax.tick_params(axis="x", labelsize=7)
 
     drain = summary.get("drain")
     if drain:
@@ -171,13 +172,13 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
         labels, rps, p50, p99 = [], [], [], []
         for query, short in (("parking", "free spots"), ("containers", "containers")):
             for key, name in (
-                ("api_1_worker", "citytel api"),
-                ("api_2_worker", "citytel 2 workers"),
-                ("api_1_worker_database_view", "citytel, no live view"),
-                ("asyncpg", "asyncpg same SQL"),
+                ("api_1_worker", "citytel"),
+                ("api_2_worker", "citytel\n2 workers"),
+                ("api_1_worker_database_view", "citytel\nno live view"),
+                ("asyncpg", "asyncpg\nsame SQL"),
             ):
                 if key in api[query]:
-                    labels.append(f"{name}\n{short}")
+                    labels.append(f"{name}\n[{short}]")
                     rps.append(api[query][key]["rps"])
                     p50.append(api[query][key]["p50_ms"])
                     p99.append(api[query][key]["p99_ms"])
@@ -200,7 +201,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
             linewidth=1,
             label="p99 target (free spots)",
         )
-        ax.set_xticks(list(x), labels, fontsize=8, rotation=15)
+        ax.set_xticks(list(x), labels, fontsize=7)
         ax.set_ylabel("ms")
         ax.legend(fontsize=8)
         ax.set_title("API latency", fontsize=10)

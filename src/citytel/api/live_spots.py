@@ -28,6 +28,9 @@ from citytel.storage import queries
 
 log = logging.getLogger(__name__)
 
+# Spots applied between two yields to the event loop during a full read (a few milliseconds).
+_SLICE = 2000
+
 
 def _state(row: asyncpg.Record) -> SpotState:
     return SpotState(
@@ -52,7 +55,7 @@ class LiveSpots:
         self._resync_s = settings.api_live_resync_s
         self._max_staleness_s = settings.api_live_max_staleness_s
         self._index = FreeSpotIndex()
-        self._xmin: str | None = None
+        self._xmin: int | None = None
         self._resynced_at = 0.0
         self._read_at: float | None = None
         self.as_of: datetime | None = None
@@ -76,14 +79,16 @@ class LiveSpots:
         started = time.monotonic()
         resync = self._xmin is None or started - self._resynced_at >= self._resync_s
         changes = await queries.spot_changes(pool, None if resync else self._xmin)
-        spots = [_state(row) for row in changes.rows]
         if resync:
+            # Built beside the one in use, a slice at a time, so that searches go on meanwhile.
             index = FreeSpotIndex()
-            index.apply(spots)
+            for start in range(0, len(changes.rows), _SLICE):
+                index.apply(_state(row) for row in changes.rows[start : start + _SLICE])
+                await asyncio.sleep(0)
             self._index, self._resynced_at = index, started
-            log.info("live parking view: %d spots read, %d free", len(spots), len(index))
+            log.info("live parking view: %d spots read, %d free", len(changes.rows), len(index))
         else:
-            self._index.apply(spots)
+            self._index.apply(_state(row) for row in changes.rows)
         self._xmin, self.as_of, self._read_at = changes.xmin, changes.as_of, started
         return True
 

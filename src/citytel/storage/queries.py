@@ -133,26 +133,29 @@ FROM (
 ) f
 """  # noqa: S608
 
-# The spots changed since a snapshot's xmin (every spot when $1 is NULL), for the API's live
-# index, with the snapshot this answer was read in. Run in a REPEATABLE READ transaction, so that
-# the snapshot returned is the one the rows were read under (migrations/0005_spot_changes.sql).
+# The API's live view of parking reads spots in a REPEATABLE READ transaction, so that the
+# snapshot it records is the one the rows were read under (migrations/0005_spot_changes.sql).
 SPOT_SNAPSHOT = """
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, now() AS as_of
 """
 
-SPOT_CHANGES = """
-WITH changed AS (
-    SELECT id FROM parking_spots WHERE $1::text IS NULL OR changed_xid >= $1::text::xid8
-    UNION
-    SELECT spot_id FROM spot_latest WHERE $1::text IS NULL OR changed_xid >= $1::text::xid8
-)
+# The ids written since a snapshot's xmin: two index range scans.
+CHANGED_SPOT_IDS = """
+SELECT id FROM parking_spots WHERE changed_xid >= $1::xid8
+UNION
+SELECT spot_id FROM spot_latest WHERE changed_xid >= $1::xid8
+"""
+
+_SPOT_STATE = """
 SELECT s.id, s.zone, s.category,
        ST_Y(s.location::geometry) AS lat, ST_X(s.location::geometry) AS lon,
        l.occupied, l.ts AS status_since, l.battery_pct, l.last_seen
-FROM changed
-JOIN parking_spots s ON s.id = changed.id
+FROM parking_spots s
 LEFT JOIN spot_latest l ON l.spot_id = s.id
 """
+
+SPOT_STATES = _SPOT_STATE + "WHERE s.id = ANY($1::text[])\n"
+ALL_SPOT_STATES = _SPOT_STATE
 
 GET_SPOT = f"""
 SELECT {_SPOT_COLUMNS}
@@ -282,20 +285,24 @@ class SpotChanges:
     """Spots as a snapshot saw them, and where the next read of changes starts."""
 
     rows: list[asyncpg.Record]
-    xmin: str
+    xmin: int
     as_of: datetime
 
 
-async def spot_changes(pool: asyncpg.Pool, since_xmin: str | None) -> SpotChanges:
+async def spot_changes(pool: asyncpg.Pool, since_xmin: int | None) -> SpotChanges:
     """Every spot written since ``since_xmin`` (all spots when None), with its latest state."""
     async with (
         connection(pool) as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         snapshot = await conn.fetchrow(SPOT_SNAPSHOT)
-        rows = await conn.fetch(SPOT_CHANGES, since_xmin)
+        if since_xmin is None:
+            rows = await conn.fetch(ALL_SPOT_STATES)
+        else:
+            ids = [r["id"] for r in await conn.fetch(CHANGED_SPOT_IDS, since_xmin)]
+            rows = await conn.fetch(SPOT_STATES, ids) if ids else []
     assert snapshot is not None  # noqa: S101 - a SELECT without FROM returns one row
-    return SpotChanges(rows=rows, xmin=snapshot["xmin"], as_of=snapshot["as_of"])
+    return SpotChanges(rows=rows, xmin=int(snapshot["xmin"]), as_of=snapshot["as_of"])
 
 
 async def get_spot(pool: asyncpg.Pool, spot_id: str) -> asyncpg.Record:
