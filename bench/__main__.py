@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,6 +154,8 @@ def _profile(services: Services, workload: Any, count: int, publishers: int) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run, print the JSON summary, save it and the chart."""
     args = _parser().parse_args(argv)
+    # Stopped from outside, still stop the private broker, cluster and workers on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s bench: %(message)s", stream=sys.stderr
     )

@@ -53,6 +53,9 @@ EXPECTED_COLUMNS = {
         "battery_pct",
         "temperature_c",
         "last_seen",
+        "cycle_started_at",
+        "cycle_start_fill_pct",
+        "last_cycle_rate_pct_h",
     },
     "spot_latest": {"spot_id", "ts", "occupied", "battery_pct", "last_seen", "changed_xid"},
     "dead_letters": {
@@ -114,6 +117,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         "0002_readings",
         "0004_sensors",
         "0005_spot_changes",
+        "0006_fill_cycles",
     ]
     assert first.timescaledb is False
     assert first.skipped == ["0003_timescaledb"]
@@ -127,7 +131,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         geography = conn.execute(
             "SELECT type FROM geography_columns WHERE f_table_name = 'parking_spots'"
         ).fetchone()
-    assert recorded == [("0001",), ("0002",), ("0004",), ("0005",)]
+    assert recorded == [("0001",), ("0002",), ("0004",), ("0005",), ("0006",)]
     assert geography == ("Point",)
 
 

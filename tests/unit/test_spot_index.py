@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from citytel.api.schemas import FreeSpot
-from citytel.api.spot_index import FreeSpotIndex, SpotState, distance_m, rfc3339
+from citytel.api.spot_index import FreeSpotIndex, SpotState, rfc3339
+from citytel.geo import distance_m
 
 NOW = datetime(2026, 11, 22, 8, 15, tzinfo=UTC)
 

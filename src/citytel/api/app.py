@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from citytel import __version__
 from citytel.api.live_spots import LiveSpots
-from citytel.api.routes import containers, dead_letters, health, parking, zones
+from citytel.api.routes import collection, containers, dead_letters, health, parking, zones
 from citytel.config import Settings, get_settings
 from citytel.errors import (
     InvalidQueryError,
@@ -104,6 +104,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.add_exception_handler(StorageError, _domain_error)
     app.include_router(health.router)
     app.include_router(containers.router)
+    app.include_router(collection.router)
     app.include_router(parking.router)
     app.include_router(zones.router)
     app.include_router(dead_letters.router)

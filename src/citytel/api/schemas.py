@@ -31,6 +31,13 @@ class ContainerPublic(BaseModel):
     temperature_c: float | None
     measured_at: datetime | None = Field(description="when the latest fill level was measured")
     last_seen: datetime | None = Field(description="when the sensor was last heard from")
+    fill_rate_pct_per_h: float | None = Field(
+        description="mean filling rate since it was last emptied (percentage points per hour); "
+        "null until known"
+    )
+    predicted_full_at: datetime | None = Field(
+        description="when it will be 100 % full at that rate; null when unknown or not filling"
+    )
 
 
 class ContainerPage(BaseModel):
@@ -195,3 +202,26 @@ class ReplayResult(BaseModel):
     still_dead: int
     readings_stored: int
     still_dead_by_reason: dict[str, int]
+
+
+class CollectionStop(BaseModel):
+    """A container to empty, in visiting order."""
+
+    order: int = Field(description="1 for the first stop")
+    container: ContainerPublic
+    due_at: datetime = Field(description="when it reaches the threshold (past: it already has)")
+    leg_m: float = Field(description="great-circle distance from the previous stop or the start")
+    cumulative_m: float
+
+
+class CollectionRound(BaseModel):
+    """The containers due for collection, in a short visiting order."""
+
+    generated_at: datetime
+    zone: str | None
+    threshold_pct: float
+    within_h: float
+    start: Location | None
+    stops: list[CollectionStop]
+    length_m: float = Field(description="great-circle length of the round, start to last stop")
+    left_out: int = Field(description="due containers beyond max_stops, the least urgent ones")

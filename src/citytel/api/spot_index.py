@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-# PostGIS's sphere: the mean radius (2a + b) / 3 of the WGS 84 ellipsoid.
-EARTH_RADIUS_M = 6_371_008.771415059
+from citytel.geo import EARTH_RADIUS_M
+
 # About 110 m north-south: in a dense district the nearest twenty lie within two rings.
 CELL_DEG = 0.001
 # Keeps the longitude span finite at a pole (where it is clamped to the whole circle anyway).
@@ -39,17 +39,6 @@ def rfc3339(value: datetime) -> str:
     if utc.microsecond:
         text += f".{utc.microsecond:06d}"
     return text + "Z"
-
-
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance on PostGIS's sphere (haversine), as the index computes it."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    lam1, lam2 = math.radians(lon1), math.radians(lon2)
-    h = (
-        math.sin((phi2 - phi1) / 2) ** 2
-        + math.cos(phi1) * math.cos(phi2) * math.sin((lam2 - lam1) / 2) ** 2
-    )
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ from citytel.storage.pool import connection
 _CONTAINER_COLUMNS = """
     c.id, c.zone, c.capacity_l, c.depth_mm, c.waste_kind,
     ST_Y(c.location::geometry) AS lat, ST_X(c.location::geometry) AS lon,
-    l.fill_pct, l.battery_pct, l.temperature_c, l.ts AS measured_at, l.last_seen
+    l.fill_pct, l.battery_pct, l.temperature_c, l.ts AS measured_at, l.last_seen,
+    l.cycle_started_at, l.cycle_start_fill_pct, l.last_cycle_rate_pct_h
 """
 
 _CONTAINER_FILTER = """
@@ -39,6 +40,18 @@ SELECT count(*)
 FROM containers c
 LEFT JOIN container_latest l ON l.container_id = c.id
 {_CONTAINER_FILTER}
+"""  # noqa: S608
+
+# The containers a collection round may include: every one with a fill level, in a zone or a
+# box if asked. Which are due is decided in Python (citytel.collection), from the fill cycle.
+COLLECTION_CANDIDATES = f"""
+SELECT {_CONTAINER_COLUMNS}
+FROM containers c
+JOIN container_latest l ON l.container_id = c.id
+WHERE l.fill_pct IS NOT NULL
+  AND ($1::text IS NULL OR c.zone = $1)
+  AND ($2::float8 IS NULL
+       OR ST_Intersects(c.location, ST_MakeEnvelope($2, $3, $4, $5, 4326)::geography))
 """  # noqa: S608
 
 GET_CONTAINER = f"""
@@ -226,6 +239,17 @@ async def list_containers(
         rows = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, limit, offset)
         total = await conn.fetchval(COUNT_CONTAINERS, zone, min_fill_pct, *box)
     return rows, int(total)
+
+
+async def collection_candidates(
+    pool: asyncpg.Pool, *, zone: str | None, bbox: BBox | None
+) -> tuple[list[asyncpg.Record], datetime]:
+    """Containers with a fill level, in ``zone`` and ``bbox`` when given; and the database's now."""
+    box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
+    async with connection(pool) as conn:
+        rows = await conn.fetch(COLLECTION_CANDIDATES, zone, *box)
+        now: datetime = await conn.fetchval("SELECT now()")
+    return rows, now
 
 
 async def get_container(pool: asyncpg.Pool, container_id: str) -> asyncpg.Record:

@@ -29,13 +29,32 @@ WITH batch AS (
     RETURNING *
 ), latest AS (
     INSERT INTO container_latest AS cur
-        (container_id, ts, fill_pct, battery_pct, temperature_c, last_seen)
+        (container_id, ts, fill_pct, battery_pct, temperature_c, last_seen,
+         cycle_started_at, cycle_start_fill_pct)
     SELECT DISTINCT ON (container_id)
            container_id, ts, fill_pct, battery_pct, temperature_c,
-           max(received_at) OVER (PARTITION BY container_id)
+           max(received_at) OVER (PARTITION BY container_id), ts, fill_pct
     FROM inserted
     ORDER BY container_id, ts DESC
     ON CONFLICT (container_id) DO UPDATE SET
+        -- A newer reading far below the latest one: the container was emptied, a new fill
+        -- cycle starts, and the one that ends leaves its mean rate if it lasted an hour.
+        last_cycle_rate_pct_h = CASE
+            WHEN EXCLUDED.ts > cur.ts AND EXCLUDED.fill_pct < cur.fill_pct - 15
+                 AND cur.ts - cur.cycle_started_at >= INTERVAL '1 hour'
+            THEN (cur.fill_pct - cur.cycle_start_fill_pct)
+                 / (extract(epoch FROM cur.ts - cur.cycle_started_at) / 3600)
+            ELSE cur.last_cycle_rate_pct_h END,
+        cycle_started_at = CASE
+            WHEN cur.ts IS NOT NULL AND EXCLUDED.ts <= cur.ts THEN cur.cycle_started_at
+            WHEN cur.cycle_started_at IS NULL OR cur.fill_pct IS NULL
+                 OR EXCLUDED.fill_pct < cur.fill_pct - 15 THEN EXCLUDED.ts
+            ELSE cur.cycle_started_at END,
+        cycle_start_fill_pct = CASE
+            WHEN cur.ts IS NOT NULL AND EXCLUDED.ts <= cur.ts THEN cur.cycle_start_fill_pct
+            WHEN cur.cycle_started_at IS NULL OR cur.fill_pct IS NULL
+                 OR EXCLUDED.fill_pct < cur.fill_pct - 15 THEN EXCLUDED.fill_pct
+            ELSE cur.cycle_start_fill_pct END,
         fill_pct = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
                         THEN EXCLUDED.fill_pct ELSE cur.fill_pct END,
         battery_pct = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts

@@ -19,6 +19,7 @@ from citytel.api.schemas import (
     Location,
     ReadingPublic,
 )
+from citytel.collection import FillState, fill_rate_pct_h, reaches_at
 from citytel.errors import InvalidQueryError
 from citytel.storage import queries
 from citytel.storage.queries import BBox
@@ -31,8 +32,21 @@ MAX_BUCKETS = 10_000
 DEFAULT_RANGE = timedelta(hours=24)
 
 
+def fill_state(row: asyncpg.Record) -> FillState:
+    """The fill cycle of a container row."""
+    return FillState(
+        fill_pct=row["fill_pct"],
+        measured_at=row["measured_at"],
+        cycle_started_at=row["cycle_started_at"],
+        cycle_start_fill_pct=row["cycle_start_fill_pct"],
+        last_cycle_rate_pct_h=row["last_cycle_rate_pct_h"],
+    )
+
+
 def container_public(row: asyncpg.Record) -> ContainerPublic:
     """The public shape of a container row."""
+    state = fill_state(row)
+    rate = fill_rate_pct_h(state)
     return ContainerPublic(
         id=row["id"],
         zone=row["zone"],
@@ -45,6 +59,8 @@ def container_public(row: asyncpg.Record) -> ContainerPublic:
         temperature_c=row["temperature_c"],
         measured_at=row["measured_at"],
         last_seen=row["last_seen"],
+        fill_rate_pct_per_h=round(rate, 3) if rate is not None else None,
+        predicted_full_at=reaches_at(state, 100.0),
     )
 
 

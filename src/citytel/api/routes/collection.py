@@ -1,0 +1,82 @@
+"""Sanitation dispatch: which containers are due, and in what order to empty them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from citytel.api.deps import PoolDep
+from citytel.api.routes.containers import container_public, fill_state, parse_bbox
+from citytel.api.schemas import CollectionRound, CollectionStop, Location
+from citytel.collection import Stop, due_first, plan_round, reaches_at
+from citytel.errors import InvalidQueryError
+from citytel.storage import queries
+
+router = APIRouter(prefix="/v1/collection", tags=["collection"])
+
+
+@router.get("/round", response_model=CollectionRound)
+async def collection_round(
+    pool: PoolDep,
+    zone: Annotated[str | None, Query(description="only this zone")] = None,
+    bbox: Annotated[
+        str | None,
+        Query(description="min_lon,min_lat,max_lon,max_lat", examples=["-7.65,33.55,-7.55,33.62"]),
+    ] = None,
+    threshold_pct: Annotated[
+        float, Query(gt=0, le=100, description="a container is due once this full")
+    ] = 80,
+    within_h: Annotated[
+        float,
+        Query(ge=0, le=168, description="also those predicted to be due within this many hours"),
+    ] = 0,
+    start_lat: Annotated[
+        float | None, Query(ge=-90, le=90, description="where the round starts (a depot)")
+    ] = None,
+    start_lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
+    max_stops: Annotated[int, Query(ge=1, le=200, description="the most urgent ones first")] = 100,
+) -> CollectionRound:
+    """The containers due for collection now or within ``within_h`` hours, in a short order."""
+    if (start_lat is None) != (start_lon is None):
+        message = "give both start_lat and start_lon, or neither (the round then starts at the "
+        message += "most urgent container)"
+        raise InvalidQueryError(message)
+    box = parse_bbox(bbox) if bbox is not None else None
+    rows, now = await queries.collection_candidates(pool, zone=zone, bbox=box)
+    horizon = now + timedelta(hours=within_h)
+    by_id = {row["id"]: row for row in rows}
+    due = []
+    for row in rows:
+        due_at = reaches_at(fill_state(row), threshold_pct)
+        if due_at is not None and due_at <= horizon:
+            due.append((Stop(row["id"], row["lat"], row["lon"]), due_at))
+    selected, left_out = due_first(due, max_stops)
+    start = (start_lat, start_lon) if start_lat is not None and start_lon is not None else None
+    # Ordering a few hundred stops is CPU work: off the event loop, so other requests go on.
+    planned = await asyncio.to_thread(plan_round, start, [stop for stop, _ in selected])
+    due_at_of = {stop.id: due_at for stop, due_at in selected}
+    stops, travelled = [], 0.0
+    for order, (stop, leg) in enumerate(zip(planned.stops, planned.legs_m, strict=True), 1):
+        travelled += leg
+        stops.append(
+            CollectionStop(
+                order=order,
+                container=container_public(by_id[stop.id]),
+                due_at=due_at_of[stop.id],
+                leg_m=round(leg, 1),
+                cumulative_m=round(travelled, 1),
+            )
+        )
+    return CollectionRound(
+        generated_at=now,
+        zone=zone,
+        threshold_pct=threshold_pct,
+        within_h=within_h,
+        start=Location(lat=start[0], lon=start[1]) if start is not None else None,
+        stops=stops,
+        length_m=round(planned.length_m, 1),
+        left_out=left_out,
+    )
