@@ -152,7 +152,8 @@ SPOT_SNAPSHOT = """
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, now() AS as_of
 """
 
-# The ids written since a snapshot's xmin: two index range scans.
+# The ids written since a snapshot's xmin: an index range scan of the registry and a scan of
+# spot_latest (see migrations/0005_spot_changes.sql for why that one has no index).
 CHANGED_SPOT_IDS = """
 SELECT id FROM parking_spots WHERE changed_xid >= $1::xid8
 UNION

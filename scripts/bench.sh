@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set everything up, then run the benchmark: `bash scripts/bench.sh` (full, about 8 minutes) or
+# `bash scripts/bench.sh --quick`; any option of `python -m bench --help` is passed on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v wrk >/dev/null && command -v apt-get >/dev/null; then
+  # The HTTP load client: C, so that it costs the two cores little (else a Python one is used).
+  printf '\033[1m==> installing wrk\033[0m\n'
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
+  printf '\033[1m==> installing the benchmark extra (matplotlib, py-spy)\033[0m\n'
+  .venv/bin/python -m pip install -q -e ".[dev,bench]" 2>&1 | grep -v '^WARNING: Location' || true
+fi
+exec .venv/bin/python -m bench "$@"
