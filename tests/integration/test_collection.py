@@ -143,22 +143,3 @@ async def test_max_stops_keeps_the_most_urgent(history: Fleet, api: httpx.AsyncC
     body = await rounds(api, within_h=12, max_stops=1)
     assert stop_ids(body) == [history.containers[1]]
     assert body["left_out"] == 2
-
-
-@pytest.mark.parametrize(
-    ("params", "words"),
-    [
-        ({"start_lat": 33.5}, "give both start_lat and start_lon"),
-        ({"threshold_pct": 0}, "query parameter 'threshold_pct'"),
-        ({"within_h": 500}, "query parameter 'within_h'"),
-        ({"max_stops": 0}, "query parameter 'max_stops'"),
-        ({"bbox": "1,2"}, "bbox must be four numbers"),
-    ],
-)
-async def test_bad_round_requests_are_422(
-    api: httpx.AsyncClient, params: dict[str, Any], words: str
-) -> None:
-    """A bad parameter is a 422 that names it."""
-    response = await api.get("/v1/collection/round", params=params)
-    assert response.status_code == 422
-    assert words in response.json()["detail"]

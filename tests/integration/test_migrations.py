@@ -118,6 +118,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         "0004_sensors",
         "0005_spot_changes",
         "0006_fill_cycles",
+        "0007_device_faults",
     ]
     assert first.timescaledb is False
     assert first.skipped == ["0003_timescaledb"]
@@ -131,7 +132,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         geography = conn.execute(
             "SELECT type FROM geography_columns WHERE f_table_name = 'parking_spots'"
         ).fetchone()
-    assert recorded == [("0001",), ("0002",), ("0004",), ("0005",), ("0006",)]
+    assert recorded == [("0001",), ("0002",), ("0004",), ("0005",), ("0006",), ("0007",)]
     assert geography == ("Point",)
 
 

@@ -13,7 +13,15 @@ from fastapi.responses import JSONResponse
 
 from citytel import __version__
 from citytel.api.live_spots import LiveSpots
-from citytel.api.routes import collection, containers, dead_letters, health, parking, zones
+from citytel.api.routes import (
+    collection,
+    containers,
+    dead_letters,
+    devices,
+    health,
+    parking,
+    zones,
+)
 from citytel.config import Settings, get_settings
 from citytel.errors import (
     InvalidQueryError,
@@ -107,6 +115,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(collection.router)
     app.include_router(parking.router)
     app.include_router(zones.router)
+    app.include_router(devices.router)
     app.include_router(dead_letters.router)
     return app
 

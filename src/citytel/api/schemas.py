@@ -225,3 +225,33 @@ class CollectionRound(BaseModel):
     stops: list[CollectionStop]
     length_m: float = Field(description="great-circle length of the round, start to last stop")
     left_out: int = Field(description="due containers beyond max_stops, the least urgent ones")
+
+
+class DeviceProblem(BaseModel):
+    """One reason a device needs attention."""
+
+    problem: Literal["fault", "silent", "never_heard", "low_battery"]
+    detail: str = Field(description="what is wrong, in words")
+    since: datetime | None = Field(description="when it started, when known")
+
+
+class DeviceAttention(BaseModel):
+    """A device that needs a technician, and why."""
+
+    device_kind: Literal["waste", "parking"]
+    id: str
+    zone: str
+    location: Location
+    last_seen: datetime | None
+    battery_pct: float | None
+    problems: list[DeviceProblem]
+
+
+class DeviceAttentionPage(BaseModel):
+    """Devices that need attention, the most pressing first."""
+
+    items: list[DeviceAttention]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None

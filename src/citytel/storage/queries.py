@@ -215,6 +215,41 @@ ORDER BY zone
 """
 
 
+# Devices an operator should look at: silent since $4 (or never heard from, though registered
+# before $4), battery under $5, or a fault reported since $3 and not followed by a measurement.
+# $1: 'waste' or 'parking' or NULL; $2: a zone or NULL.
+DEVICES_NEEDING_ATTENTION = """
+WITH faults AS (
+    SELECT DISTINCT ON (device_kind, device_id) device_kind, device_id, ts, event, detail
+    FROM device_events
+    WHERE event IN ('tilted', 'no_echo', 'distance_beyond_depth') AND ts >= $3
+    ORDER BY device_kind, device_id, ts DESC
+), devices AS (
+    SELECT 'waste' AS device_kind, c.id, c.zone, c.location, c.created_at,
+           l.ts AS measured_at, l.last_seen, l.battery_pct
+    FROM containers c LEFT JOIN container_latest l ON l.container_id = c.id
+    WHERE $1::text IS NULL OR $1 = 'waste'
+    UNION ALL
+    SELECT 'parking', s.id, s.zone, s.location, s.created_at, l.ts, l.last_seen, l.battery_pct
+    FROM parking_spots s LEFT JOIN spot_latest l ON l.spot_id = s.id
+    WHERE $1::text IS NULL OR $1 = 'parking'
+)
+SELECT d.device_kind, d.id, d.zone,
+       ST_Y(d.location::geometry) AS lat, ST_X(d.location::geometry) AS lon,
+       d.created_at, d.last_seen, d.battery_pct,
+       f.ts AS fault_at, f.event AS fault, f.detail AS fault_detail
+FROM devices d
+LEFT JOIN faults f
+       ON f.device_kind = d.device_kind AND f.device_id = d.id
+      AND f.ts > coalesce(d.measured_at, '-infinity')
+WHERE ($2::text IS NULL OR d.zone = $2)
+  AND ((d.last_seen IS NULL AND d.created_at < $4)
+       OR d.last_seen < $4
+       OR d.battery_pct < $5
+       OR f.ts IS NOT NULL)
+"""
+
+
 @dataclass(frozen=True)
 class BBox:
     """A longitude/latitude box, in GeoJSON order."""
@@ -251,6 +286,22 @@ async def collection_candidates(
         rows = await conn.fetch(COLLECTION_CANDIDATES, zone, *box)
         now: datetime = await conn.fetchval("SELECT now()")
     return rows, now
+
+
+async def devices_needing_attention(
+    pool: asyncpg.Pool,
+    *,
+    kind: str | None,
+    zone: str | None,
+    faults_since: datetime,
+    silent_since: datetime,
+    battery_below_pct: float,
+) -> list[asyncpg.Record]:
+    """Devices silent, low on battery or reporting a fault (see DEVICES_NEEDING_ATTENTION)."""
+    async with connection(pool) as conn:
+        return await conn.fetch(
+            DEVICES_NEEDING_ATTENTION, kind, zone, faults_since, silent_since, battery_below_pct
+        )
 
 
 async def get_container(pool: asyncpg.Pool, container_id: str) -> asyncpg.Record:
