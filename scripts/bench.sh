@@ -3,6 +3,8 @@
 # `bash scripts/bench.sh --quick`; any option of `python -m bench --help` is passed on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Set-up messages go to stderr: standard output is the JSON summary alone.
+exec 3>&1 1>&2
 bash scripts/bootstrap.sh
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v wrk >/dev/null && command -v apt-get >/dev/null; then
@@ -15,4 +17,4 @@ if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null || [ ! -x .venv/bin/py-
   printf '\033[1m==> installing the benchmark extra (matplotlib, py-spy)\033[0m\n'
   .venv/bin/python -m pip install -q -e ".[dev,bench]" 2>&1 | grep -v '^WARNING: Location' || true
 fi
-exec .venv/bin/python -m bench "$@"
+exec .venv/bin/python -m bench "$@" 1>&3

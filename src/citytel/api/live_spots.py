@@ -14,6 +14,7 @@ database itself, so an answer is never staler than that bound without saying why
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -86,6 +87,10 @@ class LiveSpots:
                 index.apply(_state(row) for row in changes.rows[start : start + _SLICE])
                 await asyncio.sleep(0)
             self._index, self._resynced_at = index, started
+            # The view is a few hundred thousand long-lived objects: left to the collector, each
+            # full collection would walk them all and pause every request (tens of ms).
+            gc.collect()
+            gc.freeze()
             log.info("live parking view: %d spots read, %d free", len(changes.rows), len(index))
         else:
             self._index.apply(_state(row) for row in changes.rows)
