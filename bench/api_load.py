@@ -36,7 +36,7 @@ import asyncpg
 from bench.database import populate_latest
 from bench.services import Services, citytel_api
 from citytel.config import Settings
-from citytel.storage.queries import FREE_SPOTS_NEAR_JSON, LIST_CONTAINERS
+from citytel.storage.queries import FREE_SPOTS_NEAR_JSON, LIST_FULL_CONTAINERS
 
 _PARAMETER_SETS = 256
 _RADIUS_M = 500
@@ -74,7 +74,7 @@ def _paths(query: str, sets: list[dict[str, Any]]) -> list[str]:
 def _sql_args(query: str, p: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
     if query == "parking":
         return FREE_SPOTS_NEAR_JSON, (p["lat"], p["lon"], float(p["radius_m"]), p["limit"], None)
-    return LIST_CONTAINERS, (None, p["min_fill_pct"], None, None, None, None, p["limit"], 0)
+    return LIST_FULL_CONTAINERS, (None, p["min_fill_pct"], None, None, None, None, p["limit"], 0)
 
 
 def _summary(latencies: list[float], errors: int, seconds: float) -> dict[str, Any]:

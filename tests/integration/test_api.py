@@ -203,6 +203,13 @@ async def test_containers_fullest_first_with_filters_and_pages(
     # The first three containers lie west of -7.598.
     box = (await api.get("/v1/containers", params={"bbox": "-7.6005,33.5,-7.5975,33.6"})).json()
     assert sorted(c["id"] for c in box["items"]) == fleet.containers[:3]
+    full_in_box = (
+        await api.get(
+            "/v1/containers", params={"bbox": "-7.6005,33.5,-7.5975,33.6", "min_fill_pct": 5}
+        )
+    ).json()
+    assert [c["id"] for c in full_in_box["items"]] == [fleet.containers[2], fleet.containers[1]]
+    assert full_in_box["total"] == 2
 
 
 async def test_container_detail_and_history(

@@ -119,6 +119,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         "0005_spot_changes",
         "0006_fill_cycles",
         "0007_device_faults",
+        "0008_fill_order",
     ]
     assert first.timescaledb is False
     assert first.skipped == ["0003_timescaledb"]
@@ -132,7 +133,7 @@ def test_apply_to_empty_then_reapply_is_a_no_op(empty_database: str) -> None:
         geography = conn.execute(
             "SELECT type FROM geography_columns WHERE f_table_name = 'parking_spots'"
         ).fetchone()
-    assert recorded == [("0001",), ("0002",), ("0004",), ("0005",), ("0006",), ("0007",)]
+    assert recorded == [("0001",), ("0002",), ("0004",), ("0005",), ("0006",), ("0007",), ("0008",)]
     assert geography == ("Point",)
 
 

@@ -42,6 +42,30 @@ LEFT JOIN container_latest l ON l.container_id = c.id
 {_CONTAINER_FILTER}
 """  # noqa: S608
 
+# The same list when a fill threshold is given (dispatch's question): only containers with a
+# fill level can match, so the walk starts from container_latest in the order of its index
+# (migrations/0008_fill_order.sql) and stops after the page. $2 is never NULL here.
+_FULL_ENOUGH = """
+FROM container_latest l
+JOIN containers c ON c.id = l.container_id
+WHERE l.fill_pct >= $2
+  AND ($1::text IS NULL OR c.zone = $1)
+  AND ($3::float8 IS NULL
+       OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
+"""
+
+LIST_FULL_CONTAINERS = f"""
+SELECT {_CONTAINER_COLUMNS}
+{_FULL_ENOUGH}
+ORDER BY l.fill_pct DESC, l.container_id
+LIMIT $7 OFFSET $8
+"""
+
+COUNT_FULL_CONTAINERS = f"SELECT count(*) {_FULL_ENOUGH}"
+
+# Without a zone or a box the registry need not be joined: every latest state has a container.
+COUNT_FULL_CONTAINERS_ANYWHERE = "SELECT count(*) FROM container_latest WHERE fill_pct >= $1"
+
 # The containers a collection round may include: every one with a fill level, in a zone or a
 # box if asked. Which are due is decided in Python (citytel.collection), from the fill cycle.
 COLLECTION_CANDIDATES = f"""
@@ -271,9 +295,17 @@ async def list_containers(
 ) -> tuple[list[asyncpg.Record], int]:
     """Containers matching the filters, fullest first, and how many match in all."""
     box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
+    listing, counting = (
+        (LIST_CONTAINERS, COUNT_CONTAINERS)
+        if min_fill_pct is None
+        else (LIST_FULL_CONTAINERS, COUNT_FULL_CONTAINERS)
+    )
     async with connection(pool) as conn:
-        rows = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, limit, offset)
-        total = await conn.fetchval(COUNT_CONTAINERS, zone, min_fill_pct, *box)
+        rows = await conn.fetch(listing, zone, min_fill_pct, *box, limit, offset)
+        if min_fill_pct is not None and zone is None and bbox is None:
+            total = await conn.fetchval(COUNT_FULL_CONTAINERS_ANYWHERE, min_fill_pct)
+        else:
+            total = await conn.fetchval(counting, zone, min_fill_pct, *box)
     return rows, int(total)
 
 
