@@ -3,39 +3,81 @@
 Pure functions, no I/O; :mod:`citytel.api.routes.collection` feeds them from the database.
 
 A container's **fill cycle** starts when it is emptied: a reading more than
-``EMPTIED_DROP_PCT`` points below the one before it (``storage/sql.py`` records the cycle's
-start as readings are stored). Its **fill rate** is the mean rate of the current cycle, once the
-cycle is an hour old; before that, the mean rate of the previous cycle. A mean over the whole
-cycle uses only its two ends, so the centimetre-scale jitter of ultrasonic readings does not add
-up, and the rate is the one that matters for dispatch: how long until full at the pace since the
-last collection.
+``EMPTIED_DROP_PCT`` points below the one before it (:func:`advance_cycle`, which
+``storage/writer.py`` applies as readings are stored). Its **fill rate** is the mean rate of
+the current cycle once the cycle is an hour old, before that the mean rate of the previous
+cycle. A mean over the whole cycle uses only its two ends, so the centimetre-scale jitter of
+ultrasonic readings does not add up, and it is the rate that matters for dispatch: how long
+until full at the pace since the last collection. It can be slightly negative (compaction, a
+fill that settles): such a container is not filling and has no forecast.
 
 The **round** is an open path from the start through every due container, on great-circle
-distances: the shortest one for up to eight stops (an exact search), else nearest neighbour
-improved by 2-opt (reverse a stretch) and or-opt (move one to three stops elsewhere) until no
-move shortens it. That is a good visiting order, not a road route: hand it to a routing engine
-(OSRM, Valhalla, VROOM) for turn-by-turn driving.
+distances: the shortest one for up to nine points (the start and eight stops, or nine stops
+without a start: an exact search), else nearest neighbour improved by 2-opt (reverse a stretch)
+and or-opt (move one to three stops elsewhere) until no move shortens it or ten passes are done.
+That is a good visiting order, not a road route: hand it to a routing engine (OSRM, Valhalla,
+VROOM) for turn-by-turn driving.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from citytel.geo import distance_m
 
-# Kept in step with storage/sql.py (STORE_WASTE), which starts a new cycle on such a drop.
+# A reading this many points below the one before: the container was emptied.
 EMPTIED_DROP_PCT = 15.0
 # A cycle younger than this says too little about its rate.
 MIN_CYCLE = timedelta(hours=1)
-# Up to this many points (start included) the round is the shortest there is: an exact search
-# over subsets takes a few milliseconds. Beyond, a heuristic.
+# Up to this many points (the start included) the round is the shortest there is: an exact
+# search over subsets takes a few milliseconds. Beyond, a heuristic.
 _EXACT_UP_TO = 9
 # Slower than this, a container is not filling (it would take over four months from empty).
 MIN_RATE_PCT_H = 0.03
+
+
+@dataclass(frozen=True, slots=True)
+class FillCycle:
+    """Where a container's fill cycle stands, as its latest state keeps it."""
+
+    ts: datetime | None  # the newest fill measurement taken into account
+    fill_pct: float | None
+    started_at: datetime | None
+    start_fill_pct: float | None
+    last_rate_pct_h: float | None
+
+
+NO_CYCLE = FillCycle(None, None, None, None, None)
+
+
+def advance_cycle(cycle: FillCycle, readings: Iterable[tuple[datetime, float]]) -> FillCycle:
+    """The cycle after ``readings`` (ts, fill_pct), taken in time order.
+
+    A reading no newer than the cycle's latest is history only. Each reading more than
+    ``EMPTIED_DROP_PCT`` points below the one before it ends the cycle, which leaves its mean rate
+    if it lasted ``MIN_CYCLE``, and starts a new one: so several readings stored together count
+    exactly as if they had come one by one.
+    """
+    for ts, fill in sorted(readings):
+        if cycle.ts is not None and ts <= cycle.ts:
+            continue
+        if cycle.started_at is None or cycle.fill_pct is None or cycle.start_fill_pct is None:
+            cycle = FillCycle(ts, fill, ts, fill, cycle.last_rate_pct_h)
+        elif fill < cycle.fill_pct - EMPTIED_DROP_PCT:
+            rate = cycle.last_rate_pct_h
+            if cycle.ts is not None and cycle.ts - cycle.started_at >= MIN_CYCLE:
+                hours = (cycle.ts - cycle.started_at) / timedelta(hours=1)
+                rate = (cycle.fill_pct - cycle.start_fill_pct) / hours
+            cycle = FillCycle(ts, fill, ts, fill, rate)
+        else:
+            cycle = FillCycle(
+                ts, fill, cycle.started_at, cycle.start_fill_pct, cycle.last_rate_pct_h
+            )
+    return cycle
 
 
 @dataclass(frozen=True, slots=True)

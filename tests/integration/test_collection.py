@@ -96,6 +96,38 @@ async def test_the_emptied_cycle_leaves_its_rate(history: Fleet, pool: asyncpg.P
     assert row["last_cycle_rate_pct_h"] == pytest.approx(10)
 
 
+async def test_an_emptying_inside_one_message_starts_the_cycle(
+    settings: Settings,
+    fleet: Fleet,
+    pool: asyncpg.Pool,
+    api: httpx.AsyncClient,
+    ingest: Callable[[], Awaitable[RunningIngest]],
+) -> None:
+    """Four readings in one message, emptied in the middle: counted as if they came one by one."""
+    await ingest()
+    container = fleet.containers[7]
+    history = [(-6, 20.0), (-3, 80.0), (-2, 5.0), (-1, 12.0)]
+    payload = json.dumps([{"ts": hours(h).isoformat(), "fill_pct": f} for h, f in history])
+    topic = f"{settings.mqtt_topic_root}/gw-01/waste/{container}"
+    await asyncio.to_thread(publish_raw, settings, [(topic, payload.encode())])
+
+    async def stored() -> bool:
+        count: int = await pool.fetchval("SELECT count(*) FROM waste_readings")
+        return count == len(history)
+
+    await wait_until(stored)
+    row = await pool.fetchrow(
+        "SELECT cycle_started_at, cycle_start_fill_pct, last_cycle_rate_pct_h"
+        " FROM container_latest WHERE container_id = $1",
+        container,
+    )
+    assert row is not None
+    assert (row["cycle_started_at"], row["cycle_start_fill_pct"]) == (hours(-2), 5)
+    assert row["last_cycle_rate_pct_h"] == pytest.approx(20)  # 20 -> 80 % in 3 h
+    body = (await api.get(f"/v1/containers/{container}")).json()
+    assert body["fill_rate_pct_per_h"] == pytest.approx(7)  # 5 -> 12 % in 1 h
+
+
 async def rounds(api: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
     response = await api.get("/v1/collection/round", params=params)
     assert response.status_code == 200, response.text

@@ -178,20 +178,35 @@ async def test_a_long_transaction_is_not_missed(
 async def test_registry_changes_reach_the_live_view(
     settings: Settings, fleet: Fleet, pool: asyncpg.Pool
 ) -> None:
-    """A spot moved by a fleet import moves; a spot deleted leaves at the next full read."""
-    moved, deleted = fleet.spots[1], fleet.spots[2]
-    await pool.executemany(
+    """A spot moved by a fleet import moves at the next refresh, with no full read meanwhile."""
+    moved = fleet.spots[1]
+    await pool.execute(
         "INSERT INTO spot_latest (spot_id, ts, occupied, last_seen) VALUES ($1, $2, false, $2)",
-        [(moved, NOW), (deleted, NOW)],
+        moved,
+        NOW,
     )
-    async with serve_api(live_settings(settings, api_live_resync_s=0.5)) as api:
-        assert ids(await answer(api, pool, radius_m=500)) == [moved, deleted]
+    async with serve_api(live_settings(settings, api_live_resync_s=3600)) as api:
+        assert ids(await answer(api, pool, radius_m=500)) == [moved]
         # 3 km north: out of a 500 m search, still in a 5 km one.
         await pool.execute(UPSERT_SPOTS, [moved], [-7.5898], [33.6001], ["anfa"], ["standard"])
-        assert ids(await answer(api, pool, radius_m=500)) == [deleted]
+        assert ids(await answer(api, pool, radius_m=500)) == []
         body = await answer(api, pool, radius_m=5000)
-        assert ids(body) == [deleted, moved]
-        assert body["items"][1]["distance_m"] == pytest.approx(3000, abs=30)
+        assert ids(body) == [moved]
+        assert body["items"][0]["distance_m"] == pytest.approx(3000, abs=30)
+
+
+async def test_deleted_spots_leave_at_the_next_full_read(
+    settings: Settings, fleet: Fleet, pool: asyncpg.Pool
+) -> None:
+    """A deletion leaves no row to find: the periodic full read is what drops the spot."""
+    deleted = fleet.spots[2]
+    await pool.execute(
+        "INSERT INTO spot_latest (spot_id, ts, occupied, last_seen) VALUES ($1, $2, false, $2)",
+        deleted,
+        NOW,
+    )
+    async with serve_api(live_settings(settings, api_live_resync_s=0.5)) as api:
+        assert ids(await answer(api, pool)) == [deleted]
         await pool.execute("DELETE FROM parking_spots WHERE id = $1", deleted)
         await wait_until(lambda: _gone_from(api, deleted), within=10)
 

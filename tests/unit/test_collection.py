@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from citytel.collection import (
+    NO_CYCLE,
+    FillCycle,
     FillState,
     Stop,
+    advance_cycle,
     due_first,
     fill_rate_pct_h,
     plan_round,
@@ -147,3 +150,44 @@ def test_heuristic_round_is_near_the_best_on_a_grid() -> None:
     ]
     planned = plan_round(start, random.Random(5).sample(stops, len(stops)))
     assert planned.length_m <= 35 * 100 * 1.08
+
+
+def test_an_emptying_inside_a_batch_starts_the_cycle() -> None:
+    """Stored at 90 %, then 5 % and on up to 80 %: the cycle starts at the 5 %, not at 80 %."""
+    stored = FillCycle(T0, 90.0, T0 - timedelta(hours=9), 0.0, None)
+    later = [(T0 + timedelta(hours=h), fill) for h, fill in [(1, 5.0), (2, 30.0), (9, 80.0)]]
+    cycle = advance_cycle(stored, later)
+    assert (cycle.started_at, cycle.start_fill_pct) == (T0 + timedelta(hours=1), 5.0)
+    assert cycle.last_rate_pct_h == pytest.approx(10)  # 0 -> 90 % in 9 h
+    assert (cycle.ts, cycle.fill_pct) == (T0 + timedelta(hours=9), 80.0)
+
+
+def test_history_and_first_readings() -> None:
+    """A reading no newer than the latest is history; the very first reading starts a cycle."""
+    stored = FillCycle(T0, 50.0, T0 - timedelta(hours=2), 40.0, 3.0)
+    assert advance_cycle(stored, [(T0 - timedelta(hours=1), 1.0), (T0, 2.0)]) == stored
+    first = advance_cycle(NO_CYCLE, [(T0, 12.0)])
+    assert first == FillCycle(T0, 12.0, T0, 12.0, None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fills=st.lists(st.floats(0, 100), max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=6),
+    seed=st.integers(0, 1000),
+)
+def test_batches_count_as_readings_one_by_one(
+    fills: list[float], cuts: list[int], seed: int
+) -> None:
+    """Readings cut into batches, each shuffled, give the cycle of the same readings one by one."""
+    readings = [(T0 + timedelta(minutes=17 * i), fill) for i, fill in enumerate(fills)]
+    one_by_one = NO_CYCLE
+    for reading in readings:
+        one_by_one = advance_cycle(one_by_one, [reading])
+    grouped, rng = NO_CYCLE, random.Random(seed)
+    bounds = [0, *sorted(c for c in cuts if c < len(readings)), len(readings)]
+    for lo, hi in itertools.pairwise(bounds):
+        batch = readings[lo:hi]
+        rng.shuffle(batch)
+        grouped = advance_cycle(grouped, batch)
+    assert grouped == one_by_one

@@ -27,34 +27,25 @@ WITH batch AS (
           AND w.ts BETWEEN b.ts - INTERVAL '10 minutes' AND b.ts + INTERVAL '10 minutes')
     ON CONFLICT (container_id, ts) DO NOTHING
     RETURNING *
+), cycles AS (
+    SELECT * FROM unnest($8::text[], $9::timestamptz[], $10::float8[], $11::float8[])
+        AS y(container_id, cycle_started_at, cycle_start_fill_pct, last_cycle_rate_pct_h)
 ), latest AS (
     INSERT INTO container_latest AS cur
         (container_id, ts, fill_pct, battery_pct, temperature_c, last_seen,
-         cycle_started_at, cycle_start_fill_pct)
-    SELECT DISTINCT ON (container_id)
-           container_id, ts, fill_pct, battery_pct, temperature_c,
-           max(received_at) OVER (PARTITION BY container_id), ts, fill_pct
-    FROM inserted
-    ORDER BY container_id, ts DESC
+         cycle_started_at, cycle_start_fill_pct, last_cycle_rate_pct_h)
+    SELECT DISTINCT ON (i.container_id)
+           i.container_id, i.ts, i.fill_pct, i.battery_pct, i.temperature_c,
+           max(i.received_at) OVER (PARTITION BY i.container_id),
+           y.cycle_started_at, y.cycle_start_fill_pct, y.last_cycle_rate_pct_h
+    FROM inserted i
+    LEFT JOIN cycles y ON y.container_id = i.container_id
+    ORDER BY i.container_id, i.ts DESC
     ON CONFLICT (container_id) DO UPDATE SET
-        -- A newer reading far below the latest one: the container was emptied, a new fill
-        -- cycle starts, and the one that ends leaves its mean rate if it lasted an hour.
-        last_cycle_rate_pct_h = CASE
-            WHEN EXCLUDED.ts > cur.ts AND EXCLUDED.fill_pct < cur.fill_pct - 15
-                 AND cur.ts - cur.cycle_started_at >= INTERVAL '1 hour'
-            THEN (cur.fill_pct - cur.cycle_start_fill_pct)
-                 / (extract(epoch FROM cur.ts - cur.cycle_started_at) / 3600)
-            ELSE cur.last_cycle_rate_pct_h END,
-        cycle_started_at = CASE
-            WHEN cur.ts IS NOT NULL AND EXCLUDED.ts <= cur.ts THEN cur.cycle_started_at
-            WHEN cur.cycle_started_at IS NULL OR cur.fill_pct IS NULL
-                 OR EXCLUDED.fill_pct < cur.fill_pct - 15 THEN EXCLUDED.ts
-            ELSE cur.cycle_started_at END,
-        cycle_start_fill_pct = CASE
-            WHEN cur.ts IS NOT NULL AND EXCLUDED.ts <= cur.ts THEN cur.cycle_start_fill_pct
-            WHEN cur.cycle_started_at IS NULL OR cur.fill_pct IS NULL
-                 OR EXCLUDED.fill_pct < cur.fill_pct - 15 THEN EXCLUDED.fill_pct
-            ELSE cur.cycle_start_fill_pct END,
+        -- Computed by the writer from this row, locked (LOCK_CONTAINER_CYCLES).
+        cycle_started_at = EXCLUDED.cycle_started_at,
+        cycle_start_fill_pct = EXCLUDED.cycle_start_fill_pct,
+        last_cycle_rate_pct_h = EXCLUDED.last_cycle_rate_pct_h,
         fill_pct = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
                         THEN EXCLUDED.fill_pct ELSE cur.fill_pct END,
         battery_pct = CASE WHEN cur.ts IS NULL OR EXCLUDED.ts > cur.ts
@@ -103,6 +94,17 @@ WITH batch AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM latest) AS devices
+"""
+
+# The fill cycles of a batch's containers, locked until the batch commits, so that the writer can
+# advance them (citytel.collection.advance_cycle) without racing another batch. In id order, as
+# every writer of container_latest locks, so that two batches cannot deadlock.
+LOCK_CONTAINER_CYCLES = """
+SELECT container_id, ts, fill_pct, cycle_started_at, cycle_start_fill_pct, last_cycle_rate_pct_h
+FROM container_latest
+WHERE container_id = ANY($1::text[])
+ORDER BY container_id
+FOR UPDATE
 """
 
 # Health events are history in device_events and, for the latest state, a sign of life and a

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from citytel.collection import NO_CYCLE, FillCycle, advance_cycle
 from citytel.domain import (
     DeadLetter,
     DecodedMessage,
@@ -93,7 +94,8 @@ async def store_decoded(
 
     stored = 0
     if waste.rows:
-        stored += await conn.fetchval(sql.STORE_WASTE, *waste.columns())
+        cycles = await _advance_cycles(conn, waste)
+        stored += await conn.fetchval(sql.STORE_WASTE, *waste.columns(), *cycles)
     if parking.rows:
         stored += await conn.fetchval(sql.STORE_PARKING, *parking.columns())
     new_events = await conn.fetchval(sql.STORE_EVENTS, *events.columns()) if events.rows else 0
@@ -120,6 +122,35 @@ async def _known_devices(
             rows = await conn.fetch(queries[kind], list(ids))
             known[kind] = {row["id"] for row in rows}
     return known
+
+
+async def _advance_cycles(conn: Connection, waste: _WasteColumns) -> tuple[list[Any], ...]:
+    """Each container's fill cycle after this batch, as columns for STORE_WASTE."""
+    readings: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
+    for container, ts, fill in zip(waste.ids, waste.ts, waste.fill, strict=True):
+        readings[container].append((ts, fill))
+    # A container new to container_latest has no row to lock yet: two batches holding its very
+    # first readings may each start its cycle, and the later commit wins. Harmless: the first
+    # emptying starts a proper cycle.
+    rows = await conn.fetch(sql.LOCK_CONTAINER_CYCLES, sorted(readings))
+    current = {
+        row["container_id"]: FillCycle(
+            row["ts"],
+            row["fill_pct"],
+            row["cycle_started_at"],
+            row["cycle_start_fill_pct"],
+            row["last_cycle_rate_pct_h"],
+        )
+        for row in rows
+    }
+    ids, started, start_fill, last_rate = [], [], [], []
+    for container, batch in readings.items():
+        cycle = advance_cycle(current.get(container, NO_CYCLE), batch)
+        ids.append(container)
+        started.append(cycle.started_at)
+        start_fill.append(cycle.start_fill_pct)
+        last_rate.append(cycle.last_rate_pct_h)
+    return ids, started, start_fill, last_rate
 
 
 def _unknown_device(message: DecodedMessage) -> DeadLetter:
