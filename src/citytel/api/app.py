@@ -7,11 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from citytel import __version__
+from citytel.api.deps import refuse_nul
 from citytel.api.live_spots import LiveSpots
 from citytel.api.routes import (
     collection,
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 await app.state.pool.close()
 
     app = FastAPI(
+        dependencies=[Depends(refuse_nul)],
         title="citytel",
         version=__version__,
         summary="Waste-container fill levels and parking occupancy for a city, live.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import unquote
 
 import asyncpg
 from fastapi import Depends, Request
@@ -48,3 +49,14 @@ def require_offset(value: datetime, name: str) -> datetime:
         message = f"'{name}' must include a UTC offset, like 2026-05-01T08:00:00Z"
         raise InvalidQueryError(message)
     return value
+
+
+async def refuse_nul(request: Request) -> None:
+    """A 422 for a NUL character anywhere in the path or the query.
+
+    PostgreSQL text cannot hold NUL: passed on, it would fail in the database as a 500, while no
+    id, zone or category of ours can contain one.
+    """
+    if "\x00" in request.url.path or "\x00" in unquote(request.url.query):
+        message = "the request contains a NUL character (%00), which no id or name can hold"
+        raise InvalidQueryError(message)
