@@ -178,3 +178,18 @@ def test_rfc3339_converts_to_utc() -> None:
     """Times in another offset are written in UTC."""
     plus_one = datetime(2026, 11, 22, 10, 15, tzinfo=timezone(timedelta(hours=1)))
     assert rfc3339(plus_one) == "2026-11-22T09:15:00Z"
+
+
+def test_searches_away_from_every_spot_and_unknown_categories() -> None:
+    """Far from all spots, or for a category no free spot has: nothing, and no cell walked."""
+    index = FreeSpotIndex()
+    assert index.nearest(33.57, -7.6, radius_m=5000, limit=20) == []
+    index.apply(city(500, seed=3))
+    assert index.nearest(88.0, 10.0, radius_m=5000, limit=20) == []
+    assert index.nearest(33.57, -7.6, radius_m=5000, limit=20, category="taxi") == []
+    # Just outside the city's edge, the circle still reaches in.
+    edge = spot(9999, 33.62, -7.6)
+    index.apply([edge])
+    [(d, found)] = index.nearest(33.623, -7.6, radius_m=400, limit=1)
+    assert found.id == edge.id
+    assert d == pytest.approx(333.6, abs=0.5)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from citytel.geo import EARTH_RADIUS_M
 CELL_DEG = 0.001
 # Keeps the longitude span finite at a pole (where it is clamped to the whole circle anyway).
 _MIN_COS_LAT = 1e-12
-# A cell looked up costs about a sixteenth of a spot's distance.
+# Past this many cells of the box per occupied cell, reading the occupied cells beats the rings.
 _SPARSE = 16
 # Rounding of the ring bound: a spot exactly on it is still visited.
 _BOUND_SLACK = 0.999
@@ -108,6 +109,10 @@ class FreeSpotIndex:
     def __init__(self) -> None:
         self._free: dict[str, _Indexed] = {}
         self._cells: dict[tuple[int, int], dict[str, _Indexed]] = {}
+        self._categories: Counter[str] = Counter()
+        # The rows and columns that have ever held a spot: a search box is cut to them, so that a
+        # search far from every spot costs nothing. Never shrinks, which only makes it generous.
+        self._extent: _Box | None = None
 
     def __len__(self) -> int:
         return len(self._free)
@@ -128,11 +133,21 @@ class FreeSpotIndex:
         del cell[spot_id]
         if not cell:
             del self._cells[entry.cell]
+        self._categories[entry.spot.category] -= 1
 
     def _put(self, spot: SpotState) -> None:
         entry = _Indexed(spot)
         self._free[spot.id] = entry
         self._cells.setdefault(entry.cell, {})[spot.id] = entry
+        self._categories[spot.category] += 1
+        y, x = entry.cell
+        e = self._extent
+        if e is None or not e.holds(y, x):
+            self._extent = (
+                _Box(y, y, x, x)
+                if e is None
+                else _Box(min(e.y0, y), max(e.y1, y), min(e.x0, x), max(e.x1, x))
+            )
 
     def nearest(
         self,
@@ -162,6 +177,9 @@ class FreeSpotIndex:
     def _search(
         self, lat: float, lon: float, radius_m: float, limit: int, category: str | None
     ) -> list[tuple[float, _Indexed]]:
+        extent = self._extent
+        if extent is None or (category is not None and self._categories[category] <= 0):
+            return []
         # The search box, as in the SQL query: latitude rows are R * dphi apart everywhere;
         # longitude columns are narrowest at the box's edge nearest a pole.
         span_lat = math.degrees(radius_m / EARTH_RADIUS_M)
@@ -169,13 +187,15 @@ class FreeSpotIndex:
         # A circle over a pole spans every longitude; one across the antimeridian is cut there,
         # as in the SQL query.
         span_lon = min(360.0, math.degrees(radius_m / (EARTH_RADIUS_M * cos_lat)))
-        cy, cx = _cell(lat, lon)
         box = _Box(
-            up=math.floor((lat + span_lat) / CELL_DEG) - cy,
-            down=cy - math.floor((lat - span_lat) / CELL_DEG),
-            right=math.floor((lon + span_lon) / CELL_DEG) - cx,
-            left=cx - math.floor((lon - span_lon) / CELL_DEG),
-        )
+            y0=math.floor((lat - span_lat) / CELL_DEG),
+            y1=math.floor((lat + span_lat) / CELL_DEG),
+            x0=math.floor((lon - span_lon) / CELL_DEG),
+            x1=math.floor((lon + span_lon) / CELL_DEG),
+        ).cut_to(extent)
+        if box is None:
+            return []
+        cy, cx = _cell(lat, lon)
         # (distance, id, entry): ids are unique, so entries are never compared.
         found: list[tuple[float, str, _Indexed]] = []
 
@@ -196,16 +216,16 @@ class FreeSpotIndex:
                 if d <= radius_m:
                     found.append((d, entry.spot.id, entry))
 
-        if box.cells > _SPARSE * len(self._free):
-            # A wide box over few spots (near a pole, say): reading every spot is cheaper.
+        if box.cells > _SPARSE * len(self._cells):
+            # A wide box over few occupied cells (near a pole, say): reading them all is cheaper.
             for (y, x), entries in self._cells.items():
-                if box.holds(y - cy, x - cx):
+                if box.holds(y, x):
                     visit(entries.values())
         else:
             # A cell k rings out lies beyond k - 1 whole cells: no nearer than that many cell
             # widths (the narrower of the two, on the great circle).
             cell_m = EARTH_RADIUS_M * math.radians(CELL_DEG) * cos_lat
-            for ring, cells in enumerate(_rings(cy, cx, box)):
+            for ring, cells in _rings(cy, cx, box):
                 if len(found) >= limit:
                     found = heapq.nsmallest(limit, found)
                     if found[-1][0] < _BOUND_SLACK * (ring - 1) * cell_m:
@@ -219,29 +239,38 @@ class FreeSpotIndex:
 
 @dataclass(frozen=True, slots=True)
 class _Box:
-    """How many cells the search box reaches from the query's cell, each way."""
+    """A rectangle of grid cells, bounds included."""
 
-    up: int
-    down: int
-    right: int
-    left: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
 
     @property
     def cells(self) -> int:
-        return (self.up + self.down + 1) * (self.right + self.left + 1)
+        return (self.y1 - self.y0 + 1) * (self.x1 - self.x0 + 1)
 
-    def holds(self, dy: int, dx: int) -> bool:
-        return -self.down <= dy <= self.up and -self.left <= dx <= self.right
+    def holds(self, y: int, x: int) -> bool:
+        return self.y0 <= y <= self.y1 and self.x0 <= x <= self.x1
+
+    def cut_to(self, other: _Box) -> _Box | None:
+        """The part of this box inside ``other``; None when they do not meet."""
+        y0, y1 = max(self.y0, other.y0), min(self.y1, other.y1)
+        x0, x1 = max(self.x0, other.x0), min(self.x1, other.x1)
+        return _Box(y0, y1, x0, x1) if y0 <= y1 and x0 <= x1 else None
 
 
-def _rings(cy: int, cx: int, box: _Box) -> Iterator[list[tuple[int, int]]]:
-    """The cells of the box, ring by ring outwards from (cy, cx)."""
-    for k in range(max(box.up, box.down, box.right, box.left) + 1):
+def _rings(cy: int, cx: int, box: _Box) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """The cells of the box ring by ring outwards from (cy, cx), which may lie outside it:
+    (ring number, cells), from the first ring that meets the box."""
+    first = max(0, box.y0 - cy, cy - box.y1, box.x0 - cx, cx - box.x1)
+    last = max(cy - box.y0, box.y1 - cy, cx - box.x0, box.x1 - cx)
+    for k in range(first, last + 1):
         cells: list[tuple[int, int]] = []
-        for dy in range(max(-k, -box.down), min(k, box.up) + 1):
-            if abs(dy) == k:
-                dxs: Iterable[int] = range(max(-k, -box.left), min(k, box.right) + 1)
+        for y in range(max(cy - k, box.y0), min(cy + k, box.y1) + 1):
+            if abs(y - cy) == k:
+                xs: Iterable[int] = range(max(cx - k, box.x0), min(cx + k, box.x1) + 1)
             else:
-                dxs = [dx for dx in (-k, k) if box.holds(0, dx)]
-            cells.extend((cy + dy, cx + dx) for dx in dxs)
-        yield cells
+                xs = [x for x in (cx - k, cx + k) if box.x0 <= x <= box.x1]
+            cells.extend((y, x) for x in xs)
+        yield k, cells
