@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -13,6 +14,8 @@ from citytel.api.schemas import DeviceAttention, DeviceAttentionPage, DeviceProb
 from citytel.storage import queries
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
+
+ProblemKind = Literal["fault", "silent", "never_heard", "low_battery"]
 
 # The most pressing first: a sensor that reports nonsense, then one that says nothing, then one
 # that will soon stop.
@@ -29,34 +32,43 @@ def _hours(delta: timedelta) -> str:
     return f"{hours:.0f} h" if hours < 72 else f"{hours / 24:.0f} days"
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A reason to attend a device, before it becomes a response model."""
+
+    problem: ProblemKind
+    detail: str
+    since: datetime | None
+
+
 def problems_of(
     row: asyncpg.Record, *, now: datetime, silent_since: datetime, battery_below_pct: float
-) -> list[DeviceProblem]:
+) -> list[Problem]:
     """Why the device in ``row`` is on the list, the most pressing first."""
-    found: list[DeviceProblem] = []
+    found: list[Problem] = []
     if row["fault_at"] is not None:
         detail = _FAULTS.get(row["fault"], row["fault"])
         if row["fault_detail"]:
             detail += f" ({row['fault_detail']})"
-        found.append(DeviceProblem(problem="fault", detail=detail, since=row["fault_at"]))
+        found.append(Problem(problem="fault", detail=detail, since=row["fault_at"]))
     last_seen = row["last_seen"]
     if last_seen is None and row["created_at"] < silent_since:
         detail = f"never heard from since it was registered {_hours(now - row['created_at'])} ago"
-        found.append(DeviceProblem(problem="never_heard", detail=detail, since=row["created_at"]))
+        found.append(Problem(problem="never_heard", detail=detail, since=row["created_at"]))
     elif last_seen is not None and last_seen < silent_since:
         detail = f"nothing heard for {_hours(now - last_seen)}"
-        found.append(DeviceProblem(problem="silent", detail=detail, since=last_seen))
+        found.append(Problem(problem="silent", detail=detail, since=last_seen))
     battery = row["battery_pct"]
     if battery is not None and battery < battery_below_pct:
         detail = f"battery at {battery:g} %, under {battery_below_pct:g} %"
-        found.append(DeviceProblem(problem="low_battery", detail=detail, since=None))
+        found.append(Problem(problem="low_battery", detail=detail, since=None))
     return found
 
 
-def _urgency(item: DeviceAttention) -> tuple[int, datetime, str, str]:
-    worst = min(item.problems, key=lambda p: _RANK[p.problem])
+def _urgency(problems: list[Problem], row: asyncpg.Record) -> tuple[int, datetime, str, str]:
+    worst = min(problems, key=lambda p: _RANK[p.problem])
     since = worst.since or datetime.max.replace(tzinfo=UTC)
-    return _RANK[worst.problem], since, item.device_kind, item.id
+    return _RANK[worst.problem], since, row["device_kind"], row["id"]
 
 
 @router.get("/attention", response_model=DeviceAttentionPage)
@@ -87,6 +99,19 @@ async def devices_needing_attention(
         silent_since=silent_since,
         battery_below_pct=battery_below_pct,
     )
+    # Problems are worked out for every match (the order needs them), response models only for
+    # the page: a fleet whose spots were registered before their sensors can match by the ten
+    # thousand.
+    ranked = []
+    for row in rows:
+        problems = problems_of(
+            row, now=now, silent_since=silent_since, battery_below_pct=battery_below_pct
+        )
+        # The query and problems_of() state the same conditions; a row without a problem would
+        # be a disagreement between the two, and is left out rather than shown without a reason.
+        if problems:
+            ranked.append((_urgency(problems, row), row, problems))
+    ranked.sort(key=lambda item: item[0])
     items = [
         DeviceAttention(
             device_kind=row["device_kind"],
@@ -95,18 +120,13 @@ async def devices_needing_attention(
             location=Location(lat=row["lat"], lon=row["lon"]),
             last_seen=row["last_seen"],
             battery_pct=row["battery_pct"],
-            problems=problems_of(
-                row, now=now, silent_since=silent_since, battery_below_pct=battery_below_pct
-            ),
+            problems=[
+                DeviceProblem(problem=p.problem, detail=p.detail, since=p.since) for p in problems
+            ],
         )
-        for row in rows
+        for _, row, problems in ranked[offset : offset + limit]
     ]
-    # The query and problems_of() state the same conditions; an item without a problem would be
-    # a disagreement between the two, and is left out rather than shown without a reason.
-    items = [item for item in items if item.problems]
-    items.sort(key=_urgency)
-    page = items[offset : offset + limit]
-    next_offset = offset + limit if offset + limit < len(items) else None
+    next_offset = offset + limit if offset + limit < len(ranked) else None
     return DeviceAttentionPage(
-        items=page, total=len(items), limit=limit, offset=offset, next_offset=next_offset
+        items=items, total=len(ranked), limit=limit, offset=offset, next_offset=next_offset
     )
