@@ -191,3 +191,21 @@ def test_batches_count_as_readings_one_by_one(
         rng.shuffle(batch)
         grouped = advance_cycle(grouped, batch)
     assert grouped == one_by_one
+
+
+def test_the_exact_search_covers_its_whole_range() -> None:
+    """Eight stops from a depot and nine without one: still the shortest of every order."""
+    rng = random.Random(8)
+    stops = [
+        Stop(f"C{i}", 33.57 + rng.uniform(-0.02, 0.02), -7.6 + rng.uniform(-0.02, 0.02))
+        for i in range(9)
+    ]
+    with_start = plan_round(START, stops[:8])
+    best = min(round_length(START, list(p)) for p in itertools.permutations(stops[:8]))
+    assert with_start.length_m == pytest.approx(best)
+    # Without a depot the round starts at the first stop and visits the other eight.
+    first, rest = stops[0], stops[1:]
+    without = plan_round(None, stops)
+    assert without.stops[0] == first
+    best = min(round_length((first.lat, first.lon), list(p)) for p in itertools.permutations(rest))
+    assert without.length_m == pytest.approx(best)

@@ -56,7 +56,7 @@ class LiveSpots:
         self._resync_s = settings.api_live_resync_s
         self._max_staleness_s = settings.api_live_max_staleness_s
         self._index = FreeSpotIndex()
-        self._xmin: int | None = None
+        self._snapshot: str | None = None
         self._resynced_at = 0.0
         self._read_at: float | None = None
         self.as_of: datetime | None = None
@@ -78,8 +78,8 @@ class LiveSpots:
         if pool is None:
             return False
         started = time.monotonic()
-        resync = self._xmin is None or started - self._resynced_at >= self._resync_s
-        changes = await queries.spot_changes(pool, None if resync else self._xmin)
+        resync = self._snapshot is None or started - self._resynced_at >= self._resync_s
+        changes = await queries.spot_changes(pool, None if resync else self._snapshot)
         if resync:
             # Built beside the one in use, a slice at a time, so that searches go on meanwhile.
             index = FreeSpotIndex()
@@ -88,13 +88,16 @@ class LiveSpots:
                 await asyncio.sleep(0)
             self._index, self._resynced_at = index, started
             # The view is a few hundred thousand long-lived objects: left to the collector, each
-            # full collection would walk them all and pause every request (tens of ms).
+            # full collection would walk them all and pause every request (tens of ms). Frozen,
+            # they are skipped; unfrozen first, whatever was frozen last time and has become
+            # garbage since is still collected.
+            gc.unfreeze()
             gc.collect()
             gc.freeze()
             log.info("live parking view: %d spots read, %d free", len(changes.rows), len(index))
         else:
             self._index.apply(_state(row) for row in changes.rows)
-        self._xmin, self.as_of, self._read_at = changes.xmin, changes.as_of, started
+        self._snapshot, self.as_of, self._read_at = changes.snapshot, changes.as_of, started
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

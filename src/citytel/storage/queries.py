@@ -173,15 +173,20 @@ FROM (
 # The API's live view of parking reads spots in a REPEATABLE READ transaction, so that the
 # snapshot it records is the one the rows were read under (migrations/0005_spot_changes.sql).
 SPOT_SNAPSHOT = """
-SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, now() AS as_of
+SELECT pg_current_snapshot()::text AS snapshot, now() AS as_of
 """
 
-# The ids written since a snapshot's xmin: an index range scan of the registry and a scan of
-# spot_latest (see migrations/0005_spot_changes.sql for why that one has no index).
+# The ids written by a transaction that an earlier snapshot $1 did not see: running then, or
+# begun since (either way, at or after its xmin). The registry is walked by its index; spot_latest
+# is scanned (see migrations/0005_spot_changes.sql for why it has no index).
 CHANGED_SPOT_IDS = """
-SELECT id FROM parking_spots WHERE changed_xid >= $1::xid8
+SELECT id FROM parking_spots
+WHERE changed_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(changed_xid, $1::text::pg_snapshot)
 UNION
-SELECT spot_id FROM spot_latest WHERE changed_xid >= $1::xid8
+SELECT spot_id FROM spot_latest
+WHERE changed_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(changed_xid, $1::text::pg_snapshot)
 """
 
 _SPOT_STATE = """
@@ -390,27 +395,27 @@ async def free_spots_near_json(
 
 @dataclass(frozen=True)
 class SpotChanges:
-    """Spots as a snapshot saw them, and where the next read of changes starts."""
+    """Spots as a snapshot saw them, and that snapshot: where the next read of changes starts."""
 
     rows: list[asyncpg.Record]
-    xmin: int
+    snapshot: str
     as_of: datetime
 
 
-async def spot_changes(pool: asyncpg.Pool, since_xmin: int | None) -> SpotChanges:
-    """Every spot written since ``since_xmin`` (all spots when None), with its latest state."""
+async def spot_changes(pool: asyncpg.Pool, since: str | None) -> SpotChanges:
+    """Every spot written by a transaction the snapshot ``since`` did not see (all when None)."""
     async with (
         connection(pool) as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         snapshot = await conn.fetchrow(SPOT_SNAPSHOT)
-        if since_xmin is None:
+        if since is None:
             rows = await conn.fetch(ALL_SPOT_STATES)
         else:
-            ids = [r["id"] for r in await conn.fetch(CHANGED_SPOT_IDS, since_xmin)]
+            ids = [r["id"] for r in await conn.fetch(CHANGED_SPOT_IDS, since)]
             rows = await conn.fetch(SPOT_STATES, ids) if ids else []
     assert snapshot is not None  # noqa: S101 - a SELECT without FROM returns one row
-    return SpotChanges(rows=rows, xmin=int(snapshot["xmin"]), as_of=snapshot["as_of"])
+    return SpotChanges(rows=rows, snapshot=snapshot["snapshot"], as_of=snapshot["as_of"])
 
 
 async def get_spot(pool: asyncpg.Pool, spot_id: str) -> asyncpg.Record:
