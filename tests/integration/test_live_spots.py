@@ -48,6 +48,15 @@ async def answer(
             await asyncio.sleep(0.02)
 
 
+async def mark_free(pool: asyncpg.Pool, spot: str) -> None:
+    """A reading that says ``spot`` is free, written straight to its latest state."""
+    await pool.execute(
+        "INSERT INTO spot_latest (spot_id, ts, occupied, last_seen) VALUES ($1, $2, false, $2)",
+        spot,
+        NOW,
+    )
+
+
 def ids(body: dict[str, Any]) -> list[str]:
     return [item["id"] for item in body["items"]]
 
@@ -180,11 +189,7 @@ async def test_registry_changes_reach_the_live_view(
 ) -> None:
     """A spot moved by a fleet import moves at the next refresh, with no full read meanwhile."""
     moved = fleet.spots[1]
-    await pool.execute(
-        "INSERT INTO spot_latest (spot_id, ts, occupied, last_seen) VALUES ($1, $2, false, $2)",
-        moved,
-        NOW,
-    )
+    await mark_free(pool, moved)
     async with serve_api(live_settings(settings, api_live_resync_s=3600)) as api:
         assert ids(await answer(api, pool, radius_m=500)) == [moved]
         # 3 km north: out of a 500 m search, still in a 5 km one.
@@ -200,11 +205,7 @@ async def test_deleted_spots_leave_at_the_next_full_read(
 ) -> None:
     """A deletion leaves no row to find: the periodic full read is what drops the spot."""
     deleted = fleet.spots[2]
-    await pool.execute(
-        "INSERT INTO spot_latest (spot_id, ts, occupied, last_seen) VALUES ($1, $2, false, $2)",
-        deleted,
-        NOW,
-    )
+    await mark_free(pool, deleted)
     async with serve_api(live_settings(settings, api_live_resync_s=0.5)) as api:
         assert ids(await answer(api, pool)) == [deleted]
         await pool.execute("DELETE FROM parking_spots WHERE id = $1", deleted)
@@ -215,11 +216,7 @@ async def test_stale_view_is_never_served(
     settings: Settings, fleet: Fleet, pool: asyncpg.Pool
 ) -> None:
     """With the database cut off, answers stop (503) once the view is older than allowed."""
-    await pool.execute(
-        "INSERT INTO spot_latest (spot_id, ts, occupied, last_seen) VALUES ($1, $2, false, $2)",
-        fleet.spots[1],
-        NOW,
-    )
+    await mark_free(pool, fleet.spots[1])
     direct = urlsplit(settings.database_url.get_secret_value())
     proxy = TcpProxy(direct.port or 5432)
     await proxy.start()
