@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from citytel.api.deps import PoolDep
 from citytel.api.routes.containers import container_public, fill_state, parse_bbox
 from citytel.api.schemas import CollectionRound, CollectionStop, Location
-from citytel.collection import Stop, due_first, plan_round, reaches_at
+from citytel.collection import Round, Stop, due_first, plan_round, reaches_at
 from citytel.errors import InvalidQueryError
 from citytel.storage import queries
 
@@ -47,18 +47,23 @@ async def collection_round(
     box = parse_bbox(bbox) if bbox is not None else None
     rows, now = await queries.collection_candidates(pool, zone=zone, bbox=box)
     horizon = now + timedelta(hours=within_h)
-    by_id = {row["id"]: row for row in rows}
-    due = []
-    for row in rows:
-        due_at = reaches_at(fill_state(row), threshold_pct)
-        if due_at is not None and due_at <= horizon:
-            due.append((Stop(row["id"], row["lat"], row["lon"]), due_at))
-    selected, left_out = due_first(due, max_stops)
     start = (start_lat, start_lon) if start_lat is not None and start_lon is not None else None
-    # Ordering 200 stops takes a few tenths of a second of CPU: in a thread, the event loop goes
-    # on serving, though it shares the interpreter with the planning meanwhile.
-    planned = await asyncio.to_thread(plan_round, start, [stop for stop, _ in selected])
-    due_at_of = {stop.id: due_at for stop, due_at in selected}
+
+    def plan() -> tuple[Round, dict[str, datetime], int]:
+        due = []
+        for row in rows:
+            due_at = reaches_at(fill_state(row), threshold_pct)
+            if due_at is not None and due_at <= horizon:
+                due.append((Stop(row["id"], row["lat"], row["lon"]), due_at))
+        selected, left_out = due_first(due, max_stops)
+        planned = plan_round(start, [stop for stop, _ in selected])
+        return planned, {stop.id: due_at for stop, due_at in selected}, left_out
+
+    # Sorting out a city's containers and ordering 200 stops take a few tenths of a second of
+    # CPU: in a thread, the event loop goes on serving meanwhile, though it shares the
+    # interpreter with the planning.
+    planned, due_at_of, left_out = await asyncio.to_thread(plan)
+    by_id = {row["id"]: row for row in rows}
     stops, travelled = [], 0.0
     for order, (stop, leg) in enumerate(zip(planned.stops, planned.legs_m, strict=True), 1):
         travelled += leg
