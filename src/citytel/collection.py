@@ -80,42 +80,31 @@ def advance_cycle(cycle: FillCycle, readings: Iterable[tuple[datetime, float]]) 
     return cycle
 
 
-@dataclass(frozen=True, slots=True)
-class FillState:
-    """What the latest state says about a container's fill cycle."""
-
-    fill_pct: float | None
-    measured_at: datetime | None
-    cycle_started_at: datetime | None
-    cycle_start_fill_pct: float | None
-    last_cycle_rate_pct_h: float | None
-
-
-def fill_rate_pct_h(state: FillState) -> float | None:
+def fill_rate_pct_h(cycle: FillCycle) -> float | None:
     """The rate the container fills at, in percentage points per hour; None when unknown."""
     if (
-        state.fill_pct is not None
-        and state.measured_at is not None
-        and state.cycle_started_at is not None
-        and state.cycle_start_fill_pct is not None
-        and state.measured_at - state.cycle_started_at >= MIN_CYCLE
+        cycle.fill_pct is not None
+        and cycle.ts is not None
+        and cycle.started_at is not None
+        and cycle.start_fill_pct is not None
+        and cycle.ts - cycle.started_at >= MIN_CYCLE
     ):
-        hours = (state.measured_at - state.cycle_started_at) / timedelta(hours=1)
-        return (state.fill_pct - state.cycle_start_fill_pct) / hours
-    return state.last_cycle_rate_pct_h
+        hours = (cycle.ts - cycle.started_at) / timedelta(hours=1)
+        return (cycle.fill_pct - cycle.start_fill_pct) / hours
+    return cycle.last_rate_pct_h
 
 
-def reaches_at(state: FillState, pct: float) -> datetime | None:
+def reaches_at(cycle: FillCycle, pct: float) -> datetime | None:
     """When the fill level reaches ``pct`` at the current rate: the measurement time if it
     already has, None when unknown or not filling."""
-    if state.fill_pct is None or state.measured_at is None:
+    if cycle.fill_pct is None or cycle.ts is None:
         return None
-    if state.fill_pct >= pct:
-        return state.measured_at
-    rate = fill_rate_pct_h(state)
+    if cycle.fill_pct >= pct:
+        return cycle.ts
+    rate = fill_rate_pct_h(cycle)
     if rate is None or rate < MIN_RATE_PCT_H:
         return None
-    return state.measured_at + timedelta(hours=(pct - state.fill_pct) / rate)
+    return cycle.ts + timedelta(hours=(pct - cycle.fill_pct) / rate)
 
 
 @dataclass(frozen=True, slots=True)

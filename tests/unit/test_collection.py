@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from citytel.collection import (
     NO_CYCLE,
     FillCycle,
-    FillState,
     Stop,
     advance_cycle,
     due_first,
@@ -31,15 +30,15 @@ def state(
     hours_in_cycle: float | None,
     start_fill: float | None = 0.0,
     last_rate: float | None = None,
-) -> FillState:
+) -> FillCycle:
     measured = T0 + timedelta(hours=10)
     started = None if hours_in_cycle is None else measured - timedelta(hours=hours_in_cycle)
-    return FillState(
+    return FillCycle(
+        ts=None if fill is None else measured,
         fill_pct=fill,
-        measured_at=None if fill is None else measured,
-        cycle_started_at=started,
-        cycle_start_fill_pct=start_fill,
-        last_cycle_rate_pct_h=last_rate,
+        started_at=started,
+        start_fill_pct=start_fill,
+        last_rate_pct_h=last_rate,
     )
 
 

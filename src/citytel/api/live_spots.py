@@ -25,6 +25,7 @@ import asyncpg
 from citytel.api.spot_index import FreeSpotIndex, SpotState
 from citytel.config import Settings
 from citytel.errors import StorageError
+from citytel.ingest.pipeline import sleep_unless
 from citytel.storage import queries
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,8 @@ _SLICE = 2000
 
 
 def _state(row: asyncpg.Record) -> SpotState:
-    return SpotState(
-        id=row["id"],
-        zone=row["zone"],
-        category=row["category"],
-        lat=row["lat"],
-        lon=row["lon"],
-        occupied=row["occupied"],
-        status_since=row["status_since"],
-        battery_pct=row["battery_pct"],
-        last_seen=row["last_seen"],
-    )
+    # The query's columns are the dataclass's fields (storage/queries.py, _SPOT_COLUMNS).
+    return SpotState(**dict(row))
 
 
 class LiveSpots:
@@ -62,11 +54,13 @@ class LiveSpots:
         self.as_of: datetime | None = None
         self._failing = False
 
-    def fresh(self) -> FreeSpotIndex | None:
-        """The index if it was read within the staleness bound, else None."""
-        if self._read_at is None or time.monotonic() - self._read_at > self._max_staleness_s:
+    def fresh(self) -> tuple[FreeSpotIndex, datetime] | None:
+        """The index and what it is as of, if read within the staleness bound; else None."""
+        if self._read_at is None or self.as_of is None:
             return None
-        return self._index
+        if time.monotonic() - self._read_at > self._max_staleness_s:
+            return None
+        return self._index, self.as_of
 
     async def refresh(self) -> bool:
         """Read what changed since the last read and apply it; False while there is no pool.
@@ -113,8 +107,4 @@ class LiveSpots:
                 if self._failing:
                     log.info("live parking view refreshed again")
                 self._failing = False
-            try:
-                async with asyncio.timeout(self._refresh_s):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, self._refresh_s)

@@ -159,7 +159,7 @@ async def read_batch(
     return decoded, dead, sorted_out.ignored
 
 
-async def _sleep_unless(stop: asyncio.Event, delay: float) -> bool:
+async def sleep_unless(stop: asyncio.Event, delay: float) -> bool:
     """Sleep ``delay`` seconds; True when ``stop`` was set meanwhile."""
     try:
         async with asyncio.timeout(delay):
@@ -248,7 +248,7 @@ async def process_with_retry(
         else:
             stats.ignored += ignored
             return outcome
-        if await _sleep_unless(stop, delay):
+        if await sleep_unless(stop, delay):
             return None
         delay = min(delay * 2, max_delay)
 

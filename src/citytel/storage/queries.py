@@ -189,13 +189,11 @@ WHERE changed_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(changed_xid, $1::text::pg_snapshot)
 """
 
-_SPOT_STATE = """
-SELECT s.id, s.zone, s.category,
-       ST_Y(s.location::geometry) AS lat, ST_X(s.location::geometry) AS lon,
-       l.occupied, l.ts AS status_since, l.battery_pct, l.last_seen
+_SPOT_STATE = f"""
+SELECT {_SPOT_COLUMNS}
 FROM parking_spots s
 LEFT JOIN spot_latest l ON l.spot_id = s.id
-"""
+"""  # noqa: S608
 
 SPOT_STATES = _SPOT_STATE + "WHERE s.id = ANY($1::text[])\n"
 ALL_SPOT_STATES = _SPOT_STATE

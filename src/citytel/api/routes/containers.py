@@ -19,7 +19,7 @@ from citytel.api.schemas import (
     Location,
     ReadingPublic,
 )
-from citytel.collection import FillState, fill_rate_pct_h, reaches_at
+from citytel.collection import FillCycle, fill_rate_pct_h, reaches_at
 from citytel.errors import InvalidQueryError
 from citytel.storage import queries
 from citytel.storage.queries import BBox
@@ -32,14 +32,14 @@ MAX_BUCKETS = 10_000
 DEFAULT_RANGE = timedelta(hours=24)
 
 
-def fill_state(row: asyncpg.Record) -> FillState:
+def fill_state(row: asyncpg.Record) -> FillCycle:
     """The fill cycle of a container row."""
-    return FillState(
+    return FillCycle(
+        ts=row["measured_at"],
         fill_pct=row["fill_pct"],
-        measured_at=row["measured_at"],
-        cycle_started_at=row["cycle_started_at"],
-        cycle_start_fill_pct=row["cycle_start_fill_pct"],
-        last_cycle_rate_pct_h=row["last_cycle_rate_pct_h"],
+        started_at=row["cycle_started_at"],
+        start_fill_pct=row["cycle_start_fill_pct"],
+        last_rate_pct_h=row["last_cycle_rate_pct_h"],
     )
 
 

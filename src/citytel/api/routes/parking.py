@@ -68,10 +68,11 @@ async def free_spots(
             "Search a smaller area around the user"
         )
         raise InvalidQueryError(message)
-    index = live.fresh() if live is not None else None
-    if index is not None and live is not None and live.as_of is not None:
+    view_now = live.fresh() if live is not None else None
+    if view_now is not None:
+        index, as_of = view_now
         items = index.nearest_json(lat, lon, radius_m=radius_m, limit=limit, category=category)
-        as_of, view = live.as_of, "live"
+        view = "live"
     else:
         # No live view, or one too old to trust: the database answers (or the 503 says why).
         items, as_of = await queries.free_spots_near_json(
