@@ -23,6 +23,7 @@ class Reason(enum.StrEnum):
     UNDECODABLE = "undecodable"
     UNKNOWN_MODEL = "unknown_model"
     MISCONFIGURED_DEVICE = "misconfigured_device"
+    UNREADABLE = "unreadable"
 
 
 class DeviceKind(enum.StrEnum):

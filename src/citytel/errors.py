@@ -35,6 +35,14 @@ class TransientStorageError(StorageError):
     """A database failure that goes away by itself: reconnect and retry."""
 
 
+class IngestFailed(CitytelError):
+    """Ingestion cannot go on in this process: it exits non-zero so that its supervisor restarts it.
+
+    Raised when even isolating a failing batch message by message fails, so that a broken
+    worker never stays alive and idle while holding its messages unacknowledged.
+    """
+
+
 class MqttProtocolError(CitytelError):
     """The broker sent something an MQTT 5 client must not accept; the connection is dropped."""
 

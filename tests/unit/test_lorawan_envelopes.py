@@ -394,3 +394,28 @@ def test_envelopes_with_arbitrary_field_values_only_reject(
     target[last] = value
     with contextlib.suppress(RejectedMessage):
         decode(topic, body)
+
+
+DEEP = "[" * 30_000 + "]" * 30_000
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [
+        pytest.param(TTN_TOPIC, DEEP.encode(), id="ttn-envelope-too-deep"),
+        pytest.param(V4_TOPIC, DEEP.encode(), id="chirpstack-v4-envelope-too-deep"),
+        pytest.param(V3_TOPIC, DEEP.encode(), id="chirpstack-v3-envelope-too-deep"),
+        pytest.param(
+            TTN_TOPIC, b'{"f_cnt":' + b"7" * 5000 + b"}", id="integer-past-the-digit-limit"
+        ),
+    ],
+)
+def test_hostile_envelope_is_refused_not_raised(topic: str, payload: bytes) -> None:
+    """An envelope the JSON parser cannot hold is refused as invalid JSON."""
+    assert rejected(topic, payload).reason is Reason.INVALID_JSON
+
+
+def test_hostile_v3_object_json_is_refused_not_raised() -> None:
+    """ChirpStack v3's objectJSON, a JSON document in a string, gets the same protection."""
+    error = rejected(V3_TOPIC, v3_body(objectJSON=DEEP))
+    assert error.reason is Reason.INVALID_JSON

@@ -185,3 +185,19 @@ def test_small_future_skew_is_tolerated() -> None:
     """A sensor clock a little ahead (within the tolerance) is accepted."""
     body = json.dumps({"ts": (NOW + timedelta(minutes=4)).isoformat(), "fill_pct": 5}).encode()
     assert len(decode(DeviceKind.WASTE, body)) == 1
+
+
+HOSTILE_JSON = [
+    pytest.param(b"[" * 30_000 + b"]" * 30_000, id="nesting-past-the-recursion-limit"),
+    pytest.param(b'{"a":' * 10_000 + b"1" + b"}" * 10_000, id="nested-objects"),
+    pytest.param(b'{"ts":' + b"9" * 5000 + b',"fill_pct":1}', id="integer-past-the-digit-limit"),
+    pytest.param(b'{"ts":1,"fill_pct":1' + b"0" * 5000 + b"}", id="long-integer-field"),
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE_JSON)
+@pytest.mark.parametrize("kind", [DeviceKind.WASTE, DeviceKind.PARKING])
+def test_hostile_json_is_refused_not_raised(kind: DeviceKind, payload: bytes) -> None:
+    """JSON the parser cannot hold (too deep, too many digits) is a dead letter, not a crash."""
+    error = rejected(kind, payload)
+    assert error.reason in {Reason.INVALID_JSON, Reason.WRONG_TYPE, Reason.OUT_OF_RANGE}

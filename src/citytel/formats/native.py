@@ -29,6 +29,27 @@ _TS_VALUE_ERROR = "ts_value"
 _TS_TYPE = "must be an RFC 3339 string with offset or integer epoch milliseconds"
 
 
+def load_json(text: str, what: str) -> Any:
+    """Parse a JSON document from a device or network server.
+
+    Raises:
+        RejectedMessage: ``invalid_json`` for anything the parser refuses, including what it
+            refuses with other exceptions than a decode error: nesting deeper than the
+            interpreter's recursion limit, or an integer longer than its digit limit.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        detail = f"{what} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise RejectedMessage(Reason.INVALID_JSON, detail) from exc
+    except RecursionError as exc:
+        detail = f"{what} is JSON nested too deeply to read"
+        raise RejectedMessage(Reason.INVALID_JSON, detail) from exc
+    except ValueError as exc:
+        detail = f"{what} is JSON citytel cannot read: {exc}"
+        raise RejectedMessage(Reason.INVALID_JSON, detail) from exc
+
+
 def _parse_ts(value: Any) -> datetime:
     # Integers are epoch milliseconds; strings are RFC 3339 with an explicit offset. Anything
     # else, floats included, is ambiguous and refused rather than guessed at. Aware datetimes
@@ -156,11 +177,7 @@ def decode_native(
     except UnicodeDecodeError as exc:
         detail = f"payload is not UTF-8 (byte {exc.start}: {exc.reason})"
         raise RejectedMessage(Reason.NOT_UTF8, detail) from exc
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        detail = f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        raise RejectedMessage(Reason.INVALID_JSON, detail) from exc
+    body = load_json(text, "payload")
 
     if isinstance(body, dict):
         items: list[Any] = [body]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any, Literal
 
 from citytel.domain import Reason
 from citytel.errors import RejectedMessage
-from citytel.formats.native import MAX_PAYLOAD_BYTES
+from citytel.formats.native import MAX_PAYLOAD_BYTES, load_json
 
 Network = Literal["ttn", "chirpstack_v4", "chirpstack_v3"]
 
@@ -99,13 +98,11 @@ def load_envelope(payload: bytes, what: str) -> dict[str, Any]:
         detail = f"{what} is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}"
         raise RejectedMessage(Reason.PAYLOAD_TOO_LARGE, detail)
     try:
-        body = json.loads(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         detail = f"{what} is not UTF-8 (byte {exc.start}: {exc.reason})"
         raise RejectedMessage(Reason.NOT_UTF8, detail) from exc
-    except json.JSONDecodeError as exc:
-        detail = f"{what} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        raise RejectedMessage(Reason.INVALID_JSON, detail) from exc
+    body = load_json(text, what)
     if not isinstance(body, dict):
         detail = f"{what} must be a JSON object, not {type(body).__name__}"
         raise RejectedMessage(Reason.WRONG_TYPE, detail)
@@ -248,11 +245,7 @@ def decoded_object(value: Any, where: str) -> dict[str, Any] | None:
     if isinstance(value, str):
         if not value.strip():
             return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            detail = f"{where} is not a JSON document: {exc.msg}"
-            raise RejectedMessage(Reason.INVALID_JSON, detail) from exc
+        value = load_json(value, where)
     if value is None or value == {}:
         return None
     if not isinstance(value, dict):

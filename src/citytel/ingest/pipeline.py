@@ -8,13 +8,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
 from citytel.config import Settings
 from citytel.decoding.profiles import DeviceProfile, load_profiles
 from citytel.domain import DeadLetter, DecodedMessage, Reason
-from citytel.errors import RejectedMessage, StorageError, TransientStorageError
+from citytel.errors import IngestFailed, RejectedMessage, StorageError, TransientStorageError
 from citytel.formats.chirpstack import chirpstack_subscriptions
 from citytel.formats.lorawan import decode_lorawan, is_lorawan_topic
 from citytel.formats.native import decode_native
@@ -39,6 +40,7 @@ class IngestStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     retries: int = 0
+    batch_failures: int = 0
     ignored: int = 0
     events: int = 0
 
@@ -56,6 +58,7 @@ class IngestStats:
             f"messages={self.messages} stored={self.readings_stored} "
             f"duplicates={self.duplicates} events={self.events} ignored={self.ignored} "
             f"batches={self.batches} retries={self.retries} "
+            f"batch_failures={self.batch_failures} "
             f"dead_letters: {dead}"
         )
 
@@ -72,6 +75,19 @@ class Triage:
 
 def _letter(message: InboundMessage, exc: RejectedMessage) -> DeadLetter:
     return DeadLetter(message.topic, message.payload, exc.reason, exc.detail, message.received_at)
+
+
+def unreadable(topic: str, payload: bytes, received_at: datetime, exc: Exception) -> DeadLetter:
+    """The dead letter of a message that made citytel fail in a way it did not foresee.
+
+    That is a bug of ours, not the sender's: the letter keeps the message for a replay once
+    the bug is fixed, and names the exception so that the bug can be found.
+    """
+    detail = (
+        f"citytel could not read this message ({type(exc).__name__}: {exc}); "
+        "this is a bug in citytel: report it, then replay this dead letter once fixed"
+    )
+    return DeadLetter(topic, payload, Reason.UNREADABLE, detail[:2000], received_at)
 
 
 def triage(
@@ -101,6 +117,11 @@ def triage(
             )
         except RejectedMessage as exc:
             result.dead.append(_letter(message, exc))
+            continue
+        except Exception as exc:
+            # Whatever reading one message raises stays with that message.
+            log.exception("reading a message on %r failed unexpectedly", message.topic[:200])
+            result.dead.append(unreadable(message.topic, message.payload, message.received_at, exc))
             continue
         result.decoded.append(
             DecodedMessage(
@@ -253,6 +274,76 @@ async def process_with_retry(
         delay = min(delay * 2, max_delay)
 
 
+async def process_guarded(
+    pool: asyncpg.Pool,
+    batch: Sequence[InboundMessage],
+    decoders: Decoders,
+    *,
+    stop: asyncio.Event,
+    stats: IngestStats,
+) -> BatchOutcome | None:
+    """:func:`process_with_retry`, with the culprit isolated when a batch fails unexpectedly.
+
+    An exception outside per-message code (a bug of ours, met by some message of the batch) is
+    logged with its traceback and counted, then the batch is handled again one message at a
+    time: the messages that store are stored, and the one(s) that fail again become
+    ``unreadable`` dead letters. None when stopped before everything committed.
+
+    Raises:
+        Exception: only when even that fails (the dead letter cannot be stored either).
+    """
+    try:
+        return await process_with_retry(pool, batch, decoders, stop=stop, stats=stats)
+    except Exception:
+        stats.batch_failures += 1
+        log.exception(
+            "handling a batch of %d messages failed unexpectedly; "
+            "handling them one at a time to find the culprit",
+            len(batch),
+        )
+    total = BatchOutcome()
+    for message in batch:
+        try:
+            outcome = await process_with_retry(pool, [message], decoders, stop=stop, stats=stats)
+        except Exception as exc:
+            log.exception(
+                "a message on %r fails every time; dead-lettering it", message.topic[:200]
+            )
+            letter = unreadable(message.topic, message.payload, message.received_at, exc)
+            outcome = await _store_letters_with_retry(pool, [letter], stop=stop, stats=stats)
+        if outcome is None:
+            return None
+        total.stored += outcome.stored
+        total.duplicates += outcome.duplicates
+        total.events += outcome.events
+        total.dead_letters.update(outcome.dead_letters)
+    return total
+
+
+async def _store_letters_with_retry(
+    pool: asyncpg.Pool,
+    letters: list[DeadLetter],
+    *,
+    stop: asyncio.Event,
+    stats: IngestStats,
+    max_delay: float = 10.0,
+) -> BatchOutcome | None:
+    delay = 0.2
+    while True:
+        try:
+            await store_dead_letters(pool, letters)
+        except TransientStorageError as exc:
+            stats.retries += 1
+            log.warning("storing a dead letter failed (%s); retrying in %.1f s", exc, delay)
+        else:
+            outcome = BatchOutcome()
+            outcome.dead_letters.update(letter.reason for letter in letters)
+            return outcome
+        if await sleep_unless(stop, delay):
+            return None
+        delay = min(delay * 2, max_delay)
+
+
 async def _report(stats: IngestStats, every: float) -> None:
     while True:
         await asyncio.sleep(every)
@@ -296,12 +387,20 @@ async def run_ingest(
     in_flight: set[asyncio.Task[None]] = set()
     reporter = asyncio.ensure_future(_report(stats, settings.ingest_stats_interval_s))
 
+    broken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
     async def handle(batch: list[InboundMessage]) -> None:
         try:
-            outcome = await process_with_retry(pool, batch, decoders, stop=stop, stats=stats)
+            outcome = await process_guarded(pool, batch, decoders, stop=stop, stats=stats)
             if outcome is not None:
                 consumer.ack(batch)
                 stats.add(len(batch), outcome)
+        except Exception as exc:
+            # Isolating the batch failed too: this worker cannot store anything. It ends, so
+            # that its supervisor restarts it, rather than stay connected holding messages.
+            log.critical("ingest cannot go on: %s", exc, exc_info=True)
+            if not broken.done():
+                broken.set_exception(exc)
         finally:
             slots.release()
 
@@ -312,8 +411,13 @@ async def run_ingest(
                 consumer.inbox.get_batch(settings.ingest_batch_size, flush_after)
             )
             stop_task = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({batch_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {batch_task, stop_task, broken}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
+            if broken.done():
+                batch_task.cancel()
+                slots.release()
+                break
             if not batch_task.done():
                 batch_task.cancel()
                 slots.release()
@@ -331,4 +435,8 @@ async def run_ingest(
         await consumer.stop()
         await pool.close()
         log.info("ingest stopped: %s", stats.summary())
+    if broken.done():
+        exc = broken.exception()
+        message = f"ingestion failed and stopped: {type(exc).__name__}: {exc}"
+        raise IngestFailed(message) from exc
     return stats
