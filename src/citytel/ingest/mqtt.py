@@ -195,6 +195,17 @@ class MqttConsumer:
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._status = "not subscribed: not connected yet"
+
+    @property
+    def subscribed_all(self) -> bool:
+        """Whether the broker granted every subscription at QoS 1 on the current connection."""
+        return self._subscribed.is_set()
+
+    @property
+    def status(self) -> str:
+        """``subscribed`` or, for readiness checks and logs, why not."""
+        return "subscribed" if self._subscribed.is_set() else self._status
 
     @property
     def inbox(self) -> Inbox:
@@ -224,8 +235,13 @@ class MqttConsumer:
                     await asyncio.shield(connection.closed)
         if self._task is not None:
             self._task.cancel()
-            with suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # Stopping must not fail: the caller still has a pool to close.
+                log.exception("the MQTT client had failed before it was stopped")
         dropped = self._inbox.discard_connection(connection.number) if connection else 0
         log.info("disconnected from the broker; %d messages left to the session", dropped)
 
@@ -246,9 +262,25 @@ class MqttConsumer:
 
     def subscribed(self, suback: wire.SubAck) -> None:
         """Called by the connection when the broker answers our SUBSCRIBE."""
-        refused = [wire.describe_reason(code) for code in suback.reasons if code >= 0x80]
-        if refused:
-            log.error("the broker refused our subscription(s): %s", ", ".join(refused))
+        failures = []
+        for topic, code in zip(self._subscriptions, suback.reasons, strict=False):
+            if code >= 0x80:
+                failures.append(
+                    f"the broker refused the subscription to {topic}: {wire.describe_reason(code)}"
+                )
+            elif code == 0:
+                failures.append(f"the broker granted {topic} at QoS 0 only (at-most-once delivery)")
+        if len(suback.reasons) != len(self._subscriptions):
+            failures.append("the broker answered SUBSCRIBE with the wrong number of reason codes")
+        if failures:
+            # Connected but not subscribed is not a state to idle in: drop the connection and
+            # try again with backoff, so that a fixed ACL or broker is picked up by itself.
+            for failure in failures:
+                log.error("%s; reconnecting", failure)
+            self._status = "not subscribed: " + "; ".join(failures)
+            if self._current is not None:
+                self._current.write(wire.DISCONNECT)
+                self._current.abort("subscription not granted at QoS 1")
             return
         log.info("subscribed to %s", ", ".join(self._subscriptions))
         self._subscribed.set()
@@ -262,21 +294,43 @@ class MqttConsumer:
                 delay = _MIN_RECONNECT_S
             except (OSError, TimeoutError, MqttProtocolError) as exc:
                 why = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                # A bug of ours or a case nobody foresaw: say so with the traceback, and keep
+                # reconnecting rather than end ingestion silently.
+                log.exception("unexpected error in the MQTT client")
+                why = f"unexpected {type(exc).__name__}: {exc}"
             finally:
                 self._lost()
             if self._stopping:
                 return
-            log.warning("broker connection ended (%s); reconnecting in %.0f s", why, delay)
+            host, port = self._settings.mqtt_host_port
+            log.warning(
+                "broker %s:%d: connection ended (%s); reconnecting in %.1f s",
+                host,
+                port,
+                why,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_RECONNECT_S)
 
     async def _session(self) -> str:
         """One connection, from CONNECT to its loss; returns why it ended."""
+        self._number += 1
+        connection = _Connection(self, self._number)
+        try:
+            return await self._handshake_and_serve(connection)
+        finally:
+            # Every way out (CONNACK timeout, refusal, error) closes the socket: a broker that
+            # accepts TCP and never answers must not cost a file descriptor per attempt.
+            if self._current is not connection:
+                connection.abort("connection attempt ended")
+
+    async def _handshake_and_serve(self, connection: _Connection) -> str:
         settings = self._settings
         host, port = settings.mqtt_host_port
-        self._number += 1
         loop = asyncio.get_running_loop()
-        connection = _Connection(self, self._number)
+        self._status = "not subscribed: connecting"
         async with asyncio.timeout(_CONNECT_TIMEOUT_S):
             await loop.create_connection(lambda: connection, host, port)
             password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
@@ -330,7 +384,12 @@ class MqttConsumer:
             if now - connection.last_read > keepalive * 1.5:
                 connection.abort(f"the broker sent nothing for {keepalive * 1.5:.0f} s")
                 return
-            if now - connection.last_write >= keepalive / 2:
+            # Ping on silence from the broker (what decides it is dead), and on our own silence
+            # (what makes the broker decide we are).
+            if (
+                now - connection.last_read >= keepalive / 2
+                or now - connection.last_write >= keepalive / 2
+            ):
                 connection.write(wire.PINGREQ)
 
     def _lost(self) -> None:
@@ -376,17 +435,19 @@ async def probe_broker(settings: Settings, *, within: float = 2.0) -> str | None
             if packets:
                 writer.write(wire.DISCONNECT)
                 await writer.drain()
-    except (OSError, TimeoutError, MqttProtocolError) as exc:
+        if not packets:
+            return f"broker {host}:{port} closed the connection without answering CONNECT"
+        first = packets[0]
+        if not isinstance(first, wire.Packet) or first.kind != wire.PacketType.CONNACK:
+            return f"broker {host}:{port} answered CONNECT with something other than CONNACK"
+        connack = wire.parse_connack(first.body)
+    except MqttProtocolError as exc:
+        return f"broker {host}:{port} protocol error: {exc}"
+    except (OSError, TimeoutError) as exc:
         return f"broker {host}:{port} unreachable: {type(exc).__name__} {exc}".strip()
     finally:
         if writer is not None:
             writer.close()
-    if not packets:
-        return f"broker {host}:{port} closed the connection without answering CONNECT"
-    first = packets[0]
-    if not isinstance(first, wire.Packet) or first.kind != wire.PacketType.CONNACK:
-        return f"broker {host}:{port} answered CONNECT with something other than CONNACK"
-    connack = wire.parse_connack(first.body)
     if connack.reason >= 0x80:
         why = wire.describe_reason(connack.reason)
         return f"broker {host}:{port} refused the connection: {why}"
