@@ -17,7 +17,7 @@ import pytest
 from citytel.config import Settings
 from citytel.ingest import mqtt, wire
 from citytel.ingest.mqtt import MqttConsumer, probe_broker
-from tests.integration.fake_broker import BrokerSide, connack, fake_broker
+from tests.integration.fake_broker import BrokerSide, connack, disconnect, fake_broker
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +179,55 @@ async def test_pings_when_nothing_is_read_even_while_acking() -> None:
         assert len(broker.connections) == 1
         sent = [p.kind for p in broker.connections[0].received]
         assert wire.PacketType.PINGREQ in sent
+
+
+async def test_session_takeover_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    """DISCONNECT 0x8E says plainly that another process uses our client id."""
+
+    async def take_over(side: BrokerSide) -> None:
+        await side.handshake()
+        side.send(disconnect(0x8E))
+        await side.flush()
+
+    with caplog.at_level(logging.WARNING, logger="citytel.ingest.mqtt"):
+        async with fake_broker(take_over) as broker, running(broker.url):
+            await until(lambda: len(broker.connections) >= 2)
+    assert (
+        "session taken over (0x8e): another process uses client id citytel-fake-test" in caplog.text
+    )
+
+
+async def test_lost_session_is_a_counted_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """session_present=0 on a reconnect: messages may have been lost while away; say so, count."""
+
+    async def forgetful(side: BrokerSide) -> None:
+        await side.handshake()
+        side.send(disconnect(0x8B))  # server shutting down
+        await side.flush()
+
+    with caplog.at_level(logging.WARNING, logger="citytel.ingest.mqtt"):
+        async with fake_broker(forgetful) as broker, running(broker.url) as consumer:
+            await until(lambda: len(broker.connections) >= 3)
+            assert consumer.sessions_lost >= 1
+    assert "the broker has no session for citytel-fake-test" in caplog.text
+
+
+async def test_stop_counts_the_messages_left_to_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ten delivered, four acknowledged: the stop log says six are left to the session."""
+
+    async def ten(side: BrokerSide) -> None:
+        await side.handshake()
+        for mid in range(1, 11):
+            side.send(wire.encode_publish("t/a", b"z", packet_id=mid))
+        await side.flush()
+        await side.until_closed()
+
+    with caplog.at_level(logging.INFO, logger="citytel.ingest.mqtt"):
+        async with fake_broker(ten) as broker, running(broker.url) as consumer:
+            await until(lambda: len(consumer.inbox) == 10)
+            batch = await consumer.inbox.get_batch(4, 5)
+            consumer.ack(batch)
+            await until(lambda: len(broker.connections[0].pubacks()) == 4)
+    assert "6 messages not acknowledged are left to the broker's session" in caplog.text

@@ -117,6 +117,8 @@ class _Connection(asyncio.Protocol):
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.last_read = time.monotonic()
         self.last_write = time.monotonic()
+        # QoS 1 messages delivered on this connection and not yet acknowledged.
+        self.unacked = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP transport; uvloop's does not derive from asyncio.Transport, hence no isinstance.
@@ -151,6 +153,7 @@ class _Connection(asyncio.Protocol):
             else:
                 self._control(packet)
         if messages:
+            self.unacked += len(messages)
             self._consumer.deliver(messages)
 
     def _control(self, packet: wire.Packet) -> None:
@@ -160,7 +163,14 @@ class _Connection(asyncio.Protocol):
             elif packet.kind == wire.PacketType.SUBACK:
                 self._consumer.subscribed(wire.parse_suback(packet.body))
             elif packet.kind == wire.PacketType.DISCONNECT:
-                self.abort(f"the broker disconnected us: {wire.disconnect_reason(packet.body)}")
+                if packet.body[:1] == b"\x8e":
+                    client_id = self._consumer.client_id
+                    self.abort(
+                        f"session taken over (0x8e): another process uses client id {client_id}"
+                    )
+                else:
+                    why = wire.disconnect_reason(packet.body)
+                    self.abort(f"the broker disconnected us: {why}")
             elif packet.kind == wire.PacketType.PUBREL:
                 # Only QoS 2 flows send PUBREL, and we subscribe at QoS 1: answer so that a
                 # misbehaving broker cannot stall, but say so.
@@ -196,6 +206,14 @@ class MqttConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._status = "not subscribed: not connected yet"
+        self._had_session = False
+        self.sessions_lost = 0
+        """Reconnects on which the broker no longer had our session (messages may be lost)."""
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id, which names the persistent session."""
+        return self._settings.mqtt_client_id
 
     @property
     def subscribed_all(self) -> bool:
@@ -242,8 +260,14 @@ class MqttConsumer:
             except Exception:
                 # Stopping must not fail: the caller still has a pool to close.
                 log.exception("the MQTT client had failed before it was stopped")
-        dropped = self._inbox.discard_connection(connection.number) if connection else 0
-        log.info("disconnected from the broker; %d messages left to the session", dropped)
+        left = connection.unacked if connection else 0
+        if connection:
+            self._inbox.discard_connection(connection.number)
+        log.info(
+            "disconnected from the broker; %d messages not acknowledged are left to the "
+            "broker's session",
+            left,
+        )
 
     def ack(self, messages: list[InboundMessage]) -> int:
         """Acknowledge messages whose data is committed, in one write; returns how many."""
@@ -254,6 +278,7 @@ class MqttConsumer:
         ids = [m.mid for m in messages if m.connection == current and m.qos]
         if ids:
             connection.write(wire.encode_pubacks(ids))
+            connection.unacked -= len(ids)
         return len(ids)
 
     def deliver(self, messages: list[InboundMessage]) -> None:
@@ -362,6 +387,14 @@ class MqttConsumer:
             connection.abort("refused")
             return "refused"
         self._current = connection
+        if self._had_session and not connack.session_present:
+            self.sessions_lost += 1
+            log.warning(
+                "the broker has no session for %s any more (expired or broker restarted without "
+                "persistence): messages published while we were away may have been lost",
+                settings.mqtt_client_id,
+            )
+        self._had_session = True
         connection.write(wire.encode_subscribe(1, self._subscriptions))
         log.info(
             "connected to the broker as %s (%s session)",
