@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     mqtt_share_group: str = "citytel"
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)
-    mqtt_keepalive_s: int = Field(default=30, ge=5)
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=65535)
     mqtt_lorawan: bool = True
 
     ingest_batch_size: int = Field(default=1000, ge=1)
@@ -72,14 +72,19 @@ class Settings(BaseSettings):
             raise ValueError(message)
         return value
 
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url_is_usable(cls, value: str) -> str:
+        try:
+            _broker_address(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
     @property
     def mqtt_host_port(self) -> tuple[str, int]:
         """The broker's host and port from ``mqtt_url`` (``mqtt://host:port``)."""
-        parts = urlsplit(self.mqtt_url)
-        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-            message = f"CITYTEL_MQTT_URL must look like mqtt://host:1883, got {self.mqtt_url!r}"
-            raise ConfigurationError(message)
-        return parts.hostname, parts.port or 1883
+        return _broker_address(self.mqtt_url)
 
     @property
     def profiles_dir(self) -> Path:
@@ -90,6 +95,26 @@ class Settings(BaseSettings):
         if packaged.is_dir():
             return packaged
         return Path(__file__).resolve().parents[2] / "sensors" / "profiles"
+
+
+def _broker_address(url: str) -> tuple[str, int]:
+    """Host and port of an ``mqtt://host:port`` URL; ValueError naming the setting otherwise."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        valid = False
+    else:
+        valid = True
+    if not valid or parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+        # Without the URL itself: it may carry a password.
+        message = (
+            "CITYTEL_MQTT_URL must look like mqtt://host:1883 (scheme mqtt, a host name, "
+            "an optional port from 1 to 65535)"
+        )
+        raise ConfigurationError(message)
+    return parts.hostname, port or 1883
 
 
 @lru_cache(maxsize=1)

@@ -63,8 +63,8 @@ def test_reader_parses_publishes_and_control_packets() -> None:
         wire.encode_publish("citytel/v1/waste/c1", b'{"fill_pct": 50}', packet_id=9, dup=True)
         + b"\xd0\x00"
         + wire.encode_publish(
-            "t/2", b"x", qos=0, properties=b"\x01\x01\x23\x00\x05", retain=True
-        )  # payload format and topic alias
+            "t/2", b"x", qos=0, properties=b"\x01\x01\x02\x00\x00\x00\x05", retain=True
+        )  # payload format and message expiry
     )
     packets = wire.PacketReader().feed(stream)
     assert packets == [
@@ -113,15 +113,6 @@ def test_large_message_needs_a_multi_byte_length() -> None:
     assert message.payload == b"z" * 200_000
 
 
-def test_topic_that_is_not_utf8_is_still_delivered() -> None:
-    """A broker should refuse such a topic; if one arrives anyway it must not stop the reader."""
-    raw = b"\x00\x02\xff\xfe" + b"\x00\x01" + b"\x00" + b"p"
-    [message] = wire.PacketReader().feed(b"\x32" + bytes([len(raw)]) + raw)
-    assert isinstance(message, wire.Publish)
-    assert message.topic == "\ufffd\ufffd"
-    assert message.payload == b"p"
-
-
 @pytest.mark.parametrize(
     ("stream", "why"),
     [
@@ -160,3 +151,45 @@ def test_unknown_property_is_a_protocol_error() -> None:
     """An identifier the standard does not define cannot be stepped over, so it is refused."""
     with pytest.raises(MqttProtocolError, match="unknown property identifier 0x7f"):
         wire.parse_connack(b"\x00\x00\x02\x7f\x00")
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        b"\x01\x24",  # Maximum QoS without its byte
+        b"\x02\x13\x00",  # Server Keep Alive with one of two bytes
+        b"\x03\x11\x00\x00",  # Session Expiry Interval with two of four bytes
+        b"\x03\x1f\x00\x05",  # a Reason String longer than the block
+        b"\x04\x26\x00\x01k",  # a User Property without its value
+    ],
+)
+def test_truncated_properties_are_protocol_errors(properties: bytes) -> None:
+    """A property cut short is a protocol error, never an IndexError or a silent misread."""
+    with pytest.raises(MqttProtocolError):
+        wire.parse_connack(b"\x00\x00" + properties)
+
+
+@pytest.mark.parametrize(
+    ("packet", "why"),
+    [
+        (wire.encode_publish("t", b"x", packet_id=1, qos=2), "QoS 2"),
+        (wire.encode_publish("t", b"x", packet_id=0, qos=1), "packet id 0"),
+        (wire.encode_publish("", b"x", packet_id=1), "empty topic"),
+        (wire.encode_publish("t", b"x", packet_id=1, properties=b"\x23\x00\x01"), "Topic Alias"),
+        (b"\x32\x07\x00\x02\xff\xfe\x00\x01\x00", "UTF-8"),
+    ],
+)
+def test_invalid_publishes_are_protocol_errors(packet: bytes, why: str) -> None:
+    """What a broker must not send a QoS 1 subscriber that allowed no topic alias is refused."""
+    with pytest.raises(MqttProtocolError, match=why):
+        wire.PacketReader().feed(packet)
+
+
+def test_publish_properties_other_than_topic_alias_are_stepped_over() -> None:
+    """A message expiry interval and a user property do not stop the message."""
+    properties = b"\x02\x00\x00\x00\x3c" + b"\x26\x00\x01k\x00\x01v"
+    [message] = wire.PacketReader().feed(
+        wire.encode_publish("t/a", b"x", packet_id=3, properties=properties)
+    )
+    assert isinstance(message, wire.Publish)
+    assert (message.topic, message.payload, message.packet_id) == ("t/a", b"x", 3)

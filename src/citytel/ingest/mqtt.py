@@ -117,6 +117,8 @@ class _Connection(asyncio.Protocol):
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.last_read = time.monotonic()
         self.last_write = time.monotonic()
+        # QoS 1 messages delivered on this connection and not yet acknowledged.
+        self.unacked = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP transport; uvloop's does not derive from asyncio.Transport, hence no isinstance.
@@ -151,6 +153,7 @@ class _Connection(asyncio.Protocol):
             else:
                 self._control(packet)
         if messages:
+            self.unacked += len(messages)
             self._consumer.deliver(messages)
 
     def _control(self, packet: wire.Packet) -> None:
@@ -160,7 +163,14 @@ class _Connection(asyncio.Protocol):
             elif packet.kind == wire.PacketType.SUBACK:
                 self._consumer.subscribed(wire.parse_suback(packet.body))
             elif packet.kind == wire.PacketType.DISCONNECT:
-                self.abort(f"the broker disconnected us: {wire.disconnect_reason(packet.body)}")
+                if packet.body[:1] == b"\x8e":
+                    client_id = self._consumer.client_id
+                    self.abort(
+                        f"session taken over (0x8e): another process uses client id {client_id}"
+                    )
+                else:
+                    why = wire.disconnect_reason(packet.body)
+                    self.abort(f"the broker disconnected us: {why}")
             elif packet.kind == wire.PacketType.PUBREL:
                 # Only QoS 2 flows send PUBREL, and we subscribe at QoS 1: answer so that a
                 # misbehaving broker cannot stall, but say so.
@@ -195,6 +205,25 @@ class MqttConsumer:
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._status = "not subscribed: not connected yet"
+        self._had_session = False
+        self.sessions_lost = 0
+        """Reconnects on which the broker no longer had our session (messages may be lost)."""
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id, which names the persistent session."""
+        return self._settings.mqtt_client_id
+
+    @property
+    def subscribed_all(self) -> bool:
+        """Whether the broker granted every subscription at QoS 1 on the current connection."""
+        return self._subscribed.is_set()
+
+    @property
+    def status(self) -> str:
+        """``subscribed`` or, for readiness checks and logs, why not."""
+        return "subscribed" if self._subscribed.is_set() else self._status
 
     @property
     def inbox(self) -> Inbox:
@@ -224,10 +253,21 @@ class MqttConsumer:
                     await asyncio.shield(connection.closed)
         if self._task is not None:
             self._task.cancel()
-            with suppress(asyncio.CancelledError):
+            try:
                 await self._task
-        dropped = self._inbox.discard_connection(connection.number) if connection else 0
-        log.info("disconnected from the broker; %d messages left to the session", dropped)
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # Stopping must not fail: the caller still has a pool to close.
+                log.exception("the MQTT client had failed before it was stopped")
+        left = connection.unacked if connection else 0
+        if connection:
+            self._inbox.discard_connection(connection.number)
+        log.info(
+            "disconnected from the broker; %d messages not acknowledged are left to the "
+            "broker's session",
+            left,
+        )
 
     def ack(self, messages: list[InboundMessage]) -> int:
         """Acknowledge messages whose data is committed, in one write; returns how many."""
@@ -238,6 +278,7 @@ class MqttConsumer:
         ids = [m.mid for m in messages if m.connection == current and m.qos]
         if ids:
             connection.write(wire.encode_pubacks(ids))
+            connection.unacked -= len(ids)
         return len(ids)
 
     def deliver(self, messages: list[InboundMessage]) -> None:
@@ -246,9 +287,25 @@ class MqttConsumer:
 
     def subscribed(self, suback: wire.SubAck) -> None:
         """Called by the connection when the broker answers our SUBSCRIBE."""
-        refused = [wire.describe_reason(code) for code in suback.reasons if code >= 0x80]
-        if refused:
-            log.error("the broker refused our subscription(s): %s", ", ".join(refused))
+        failures = []
+        for topic, code in zip(self._subscriptions, suback.reasons, strict=False):
+            if code >= 0x80:
+                failures.append(
+                    f"the broker refused the subscription to {topic}: {wire.describe_reason(code)}"
+                )
+            elif code == 0:
+                failures.append(f"the broker granted {topic} at QoS 0 only (at-most-once delivery)")
+        if len(suback.reasons) != len(self._subscriptions):
+            failures.append("the broker answered SUBSCRIBE with the wrong number of reason codes")
+        if failures:
+            # Connected but not subscribed is not a state to idle in: drop the connection and
+            # try again with backoff, so that a fixed ACL or broker is picked up by itself.
+            for failure in failures:
+                log.error("%s; reconnecting", failure)
+            self._status = "not subscribed: " + "; ".join(failures)
+            if self._current is not None:
+                self._current.write(wire.DISCONNECT)
+                self._current.abort("subscription not granted at QoS 1")
             return
         log.info("subscribed to %s", ", ".join(self._subscriptions))
         self._subscribed.set()
@@ -262,21 +319,43 @@ class MqttConsumer:
                 delay = _MIN_RECONNECT_S
             except (OSError, TimeoutError, MqttProtocolError) as exc:
                 why = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                # A bug of ours or a case nobody foresaw: say so with the traceback, and keep
+                # reconnecting rather than end ingestion silently.
+                log.exception("unexpected error in the MQTT client")
+                why = f"unexpected {type(exc).__name__}: {exc}"
             finally:
                 self._lost()
             if self._stopping:
                 return
-            log.warning("broker connection ended (%s); reconnecting in %.0f s", why, delay)
+            host, port = self._settings.mqtt_host_port
+            log.warning(
+                "broker %s:%d: connection ended (%s); reconnecting in %.1f s",
+                host,
+                port,
+                why,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_RECONNECT_S)
 
     async def _session(self) -> str:
         """One connection, from CONNECT to its loss; returns why it ended."""
+        self._number += 1
+        connection = _Connection(self, self._number)
+        try:
+            return await self._handshake_and_serve(connection)
+        finally:
+            # Every way out (CONNACK timeout, refusal, error) closes the socket: a broker that
+            # accepts TCP and never answers must not cost a file descriptor per attempt.
+            if self._current is not connection:
+                connection.abort("connection attempt ended")
+
+    async def _handshake_and_serve(self, connection: _Connection) -> str:
         settings = self._settings
         host, port = settings.mqtt_host_port
-        self._number += 1
         loop = asyncio.get_running_loop()
-        connection = _Connection(self, self._number)
+        self._status = "not subscribed: connecting"
         async with asyncio.timeout(_CONNECT_TIMEOUT_S):
             await loop.create_connection(lambda: connection, host, port)
             password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
@@ -308,6 +387,14 @@ class MqttConsumer:
             connection.abort("refused")
             return "refused"
         self._current = connection
+        if self._had_session and not connack.session_present:
+            self.sessions_lost += 1
+            log.warning(
+                "the broker has no session for %s any more (expired or broker restarted without "
+                "persistence): messages published while we were away may have been lost",
+                settings.mqtt_client_id,
+            )
+        self._had_session = True
         connection.write(wire.encode_subscribe(1, self._subscriptions))
         log.info(
             "connected to the broker as %s (%s session)",
@@ -330,7 +417,12 @@ class MqttConsumer:
             if now - connection.last_read > keepalive * 1.5:
                 connection.abort(f"the broker sent nothing for {keepalive * 1.5:.0f} s")
                 return
-            if now - connection.last_write >= keepalive / 2:
+            # Ping on silence from the broker (what decides it is dead), and on our own silence
+            # (what makes the broker decide we are).
+            if (
+                now - connection.last_read >= keepalive / 2
+                or now - connection.last_write >= keepalive / 2
+            ):
                 connection.write(wire.PINGREQ)
 
     def _lost(self) -> None:
@@ -376,17 +468,19 @@ async def probe_broker(settings: Settings, *, within: float = 2.0) -> str | None
             if packets:
                 writer.write(wire.DISCONNECT)
                 await writer.drain()
-    except (OSError, TimeoutError, MqttProtocolError) as exc:
+        if not packets:
+            return f"broker {host}:{port} closed the connection without answering CONNECT"
+        first = packets[0]
+        if not isinstance(first, wire.Packet) or first.kind != wire.PacketType.CONNACK:
+            return f"broker {host}:{port} answered CONNECT with something other than CONNACK"
+        connack = wire.parse_connack(first.body)
+    except MqttProtocolError as exc:
+        return f"broker {host}:{port} protocol error: {exc}"
+    except (OSError, TimeoutError) as exc:
         return f"broker {host}:{port} unreachable: {type(exc).__name__} {exc}".strip()
     finally:
         if writer is not None:
             writer.close()
-    if not packets:
-        return f"broker {host}:{port} closed the connection without answering CONNECT"
-    first = packets[0]
-    if not isinstance(first, wire.Packet) or first.kind != wire.PacketType.CONNACK:
-        return f"broker {host}:{port} answered CONNECT with something other than CONNACK"
-    connack = wire.parse_connack(first.body)
     if connack.reason >= 0x80:
         why = wire.describe_reason(connack.reason)
         return f"broker {host}:{port} refused the connection: {why}"

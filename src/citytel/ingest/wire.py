@@ -225,6 +225,24 @@ def _read_varint(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]
     raise ProtocolError(message)
 
 
+_FIXED_SIZES: Final = {_BYTE: 1, _TWO: 2, _FOUR: 4}
+TOPIC_ALIAS: Final = 0x23
+
+
+def _need(pos: int, end: int) -> None:
+    if pos > end:
+        message = "a property runs past the end of its block"
+        raise ProtocolError(message)
+
+
+def _utf8(raw: bytes | bytearray) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        message = f"a string that is not valid UTF-8: {exc}"
+        raise ProtocolError(message) from exc
+
+
 def read_properties(body: bytes, pos: int) -> tuple[dict[int, int | str | bytes], int]:
     """The property block at ``pos``: (the properties we may use, the position after it)."""
     parsed = _read_varint(body, pos, len(body))
@@ -242,12 +260,10 @@ def read_properties(body: bytes, pos: int) -> tuple[dict[int, int | str | bytes]
         pos += 1
         kind = _PROPERTY_KINDS.get(ident)
         value: int | str | bytes
-        if kind == _BYTE:
-            value, pos = body[pos], pos + 1
-        elif kind == _TWO:
-            value, pos = int.from_bytes(body[pos : pos + 2], "big"), pos + 2
-        elif kind == _FOUR:
-            value, pos = int.from_bytes(body[pos : pos + 4], "big"), pos + 4
+        if kind in _FIXED_SIZES:
+            size = _FIXED_SIZES[kind]
+            _need(pos + size, end)
+            value, pos = int.from_bytes(body[pos : pos + size], "big"), pos + size
         elif kind == _VARINT:
             number = _read_varint(body, pos, end)
             if number is None:
@@ -255,13 +271,17 @@ def read_properties(body: bytes, pos: int) -> tuple[dict[int, int | str | bytes]
                 raise ProtocolError(message)
             value, pos = number
         elif kind in (_STRING, _BINARY):
+            _need(pos + 2, end)
             size = int.from_bytes(body[pos : pos + 2], "big")
+            _need(pos + 2 + size, end)
             raw = body[pos + 2 : pos + 2 + size]
-            value = raw.decode("utf-8", "replace") if kind == _STRING else raw
+            value = _utf8(raw) if kind == _STRING else raw
             pos += 2 + size
         elif kind == _PAIR:
             for _ in range(2):
+                _need(pos + 2, end)
                 pos += 2 + int.from_bytes(body[pos : pos + 2], "big")
+                _need(pos, end)
             continue
         else:
             message = f"unknown property identifier 0x{ident:02x}"
@@ -359,17 +379,35 @@ def _parse_publish(flags: int, buffer: bytearray, start: int, stop: int) -> Publ
     if qos == 3:
         message = "PUBLISH with QoS 3"
         raise ProtocolError(message)
+    if qos == 2:
+        # We subscribe at QoS 1: a broker must never send more than it granted.
+        message = "PUBLISH with QoS 2 on a QoS 1 subscription"
+        raise ProtocolError(message)
     topic_length = int.from_bytes(buffer[start : start + 2], "big")
     pos = start + 2 + topic_length
-    topic = buffer[start + 2 : pos].decode("utf-8", "replace")
+    if not topic_length:
+        # Only a Topic Alias may stand for an empty topic, and we allow none.
+        message = "PUBLISH with an empty topic"
+        raise ProtocolError(message)
+    topic = _utf8(buffer[start + 2 : pos])
     packet_id = 0
     if qos:
         packet_id = int.from_bytes(buffer[pos : pos + 2], "big")
+        if not packet_id:
+            message = "PUBLISH at QoS 1 with packet id 0"
+            raise ProtocolError(message)
         pos += 2
     properties = _read_varint(buffer, pos, stop)
     if properties is None or properties[0] + properties[1] > stop:
         message = "PUBLISH properties run past the end of the packet"
         raise ProtocolError(message)
+    if properties[0]:
+        # Rare (brokers forward properties only when publishers set them): read them, since a
+        # Topic Alias would change the topic and we announced a Topic Alias Maximum of 0.
+        found, _ = read_properties(bytes(buffer[pos:stop]), 0)
+        if TOPIC_ALIAS in found:
+            message = "PUBLISH with a Topic Alias, which this client does not allow"
+            raise ProtocolError(message)
     pos = properties[0] + properties[1]
     return Publish(
         topic=topic,
