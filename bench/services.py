@@ -27,6 +27,8 @@ from pydantic import SecretStr
 from tests.integration.services import (
     free_port,
     postgres_bindir,
+    server_options,
+    timescaledb_installed,
     wait_for_port,
     write_broker_config,
 )
@@ -202,10 +204,11 @@ class PgCluster:
             shutil.chown(self.datadir, "postgres")
             self.root.chmod(0o755)
         self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir}"
-            " -c max_connections=100 -c shared_buffers=256MB"
+        # TimescaleDB is preloaded when installed, so that the benchmark measures that store.
+        options = server_options(
+            self.port, self.datadir, timescaledb=timescaledb_installed(self.bindir)
         )
+        options += " -c shared_buffers=256MB"
         log = str(self.root / "postgres.log")
         self._run(
             "pg_ctl", "-D", str(self.datadir), "-l", log, "-o", options, "-w", "-t", "60", "start"

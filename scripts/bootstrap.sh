@@ -47,6 +47,16 @@ if ! PGCONNECT_TIMEOUT=5 psql "${DB_URL%/*}/postgres" -Atqc 'SELECT 1' >/dev/nul
   as_root su postgres -c "psql -qc \"ALTER ROLE postgres PASSWORD 'postgres'\""
 fi
 
+# --- TimescaleDB (optional) -----------------------------------------------------------------
+# A prebuilt TimescaleDB beside the checkout is installed into PostgreSQL's directories; the
+# tests then run on it in a private cluster that preloads it (the shared cluster is not
+# reconfigured). Without it, citytel and its tests run on plain PostgreSQL.
+TIMESCALEDB_BUNDLE="$ROOT/../shared/timescaledb"
+if [ -x "$TIMESCALEDB_BUNDLE/install.sh" ] || [ -f "$TIMESCALEDB_BUNDLE/install.sh" ]; then
+  say "installing TimescaleDB from $(basename "$(dirname "$TIMESCALEDB_BUNDLE")")/timescaledb"
+  as_root bash "$TIMESCALEDB_BUNDLE/install.sh"
+fi
+
 # --- Mosquitto ------------------------------------------------------------------------------
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto mosquitto-clients

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,6 +13,28 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citytel.errors import ConfigurationError
+
+# The interval units a retention period may use, each as its shortest length: a reading is refused
+# only when TimescaleDB would certainly drop it (PostgreSQL counts a month as 28 to 31 days).
+_UNIT_LENGTH = {
+    "second": timedelta(seconds=1),
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+    "month": timedelta(days=28),
+    "year": timedelta(days=365),
+}
+_PERIOD = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day|week|month|year)s?\s*$")
+
+
+def parse_period(text: str) -> timedelta:
+    """``"400 days"``, ``"2 years"``: a PostgreSQL interval of one unit, as a timedelta."""
+    match = _PERIOD.match(text.lower())
+    if match is None:
+        message = f"{text!r} is not a period like '400 days' or '2 years'"
+        raise ValueError(message)
+    return int(match.group(1)) * _UNIT_LENGTH[match.group(2)]
 
 
 def _default_client_id() -> str:
@@ -80,6 +104,17 @@ class Settings(BaseSettings):
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from exc
         return value
+
+    @field_validator("timescale_retention")
+    @classmethod
+    def _retention_is_a_period(cls, value: str) -> str:
+        parse_period(value)
+        return value
+
+    @property
+    def retention_period(self) -> timedelta:
+        """How long readings are kept (CITYTEL_TIMESCALE_RETENTION); older ones are refused."""
+        return parse_period(self.timescale_retention)
 
     @property
     def mqtt_host_port(self) -> tuple[str, int]:

@@ -17,6 +17,7 @@ class Reason(enum.StrEnum):
     MISSING_FIELD = "missing_field"
     OUT_OF_RANGE = "out_of_range"
     BAD_TIMESTAMP = "bad_timestamp"
+    TOO_OLD = "too_old"
     BAD_TOPIC = "bad_topic"
     UNKNOWN_DEVICE = "unknown_device"
     STORAGE_REJECTED = "storage_rejected"

@@ -37,6 +37,8 @@ from tests.integration.services import (
     drop_database,
     free_port,
     running_broker,
+    running_cluster,
+    timescaledb_installed,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,10 +55,41 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield running
 
 
+STORES = ("timescaledb", "postgres")
+
+
 @pytest.fixture(scope="session")
-def pg_server_url() -> str:
-    """The PostgreSQL server the tests create their databases on."""
-    return SERVER_URL
+def store() -> str:
+    """The store the suite runs on: ``timescaledb`` or ``postgres``.
+
+    CITYTEL_TEST_STORE picks it; unset, TimescaleDB when the extension is installed here.
+    """
+    chosen = os.environ.get("CITYTEL_TEST_STORE", "")
+    if not chosen:
+        return "timescaledb" if timescaledb_installed() else "postgres"
+    if chosen not in STORES:
+        pytest.fail(f"CITYTEL_TEST_STORE must be one of {STORES}, got {chosen!r}")
+    if chosen == "timescaledb" and not timescaledb_installed():
+        pytest.fail(
+            "CITYTEL_TEST_STORE=timescaledb but the timescaledb extension is not installed "
+            "into this machine's PostgreSQL (scripts/bootstrap.sh installs it when it can)"
+        )
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(store: str) -> Iterator[str]:
+    """The PostgreSQL server the tests create their databases on.
+
+    On TimescaleDB, a private cluster that preloads the extension: the machine's shared cluster
+    is left as it is configured. On plain PostgreSQL, the shared cluster
+    (CITYTEL_TEST_DATABASE_URL).
+    """
+    if store == "postgres":
+        yield SERVER_URL
+        return
+    with running_cluster(timescaledb=True) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture(scope="session")

@@ -122,18 +122,44 @@ def create_template(server_url: str) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = with_database(server_url, name)
     migrate(Settings(), database_url=url)
+    close_template(server_url, name)
     return name
+
+
+def close_template(server_url: str, name: str) -> None:
+    """Keep everyone off a template so that it can be cloned.
+
+    TimescaleDB's job scheduler connects to every database with the extension, and CREATE
+    DATABASE ... TEMPLATE refuses a source "being accessed by other users". The scheduler's
+    launcher skips databases that refuse connections; the one already there is ended.
+    """
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+        )
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
 
 
 def clone_database(server_url: str, template: str) -> str:
     """A fresh database cloned from ``template``; returns its URL."""
     name = f"citytel_test_{uuid.uuid4().hex[:12]}"
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(template)
+    )
     with psycopg.connect(_admin_url(server_url), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
+        for attempt in range(50):
+            try:
+                conn.execute(statement)
+                break
+            except psycopg.errors.ObjectInUse:
+                # A scheduler that was starting while the template closed may still be leaving.
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
     return with_database(server_url, name)
 
 
@@ -146,6 +172,7 @@ def drop_database(server_url: str, name: str) -> None:
 
 
 def postgres_bindir() -> Path:
+    """The directory of the newest installed PostgreSQL's programs."""
     candidates = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
     )
@@ -158,6 +185,33 @@ def postgres_bindir() -> Path:
     return Path(found).resolve().parent
 
 
+def timescaledb_installed(bindir: Path | None = None) -> bool:
+    """Whether the timescaledb extension is installed into this machine's PostgreSQL."""
+    bindir = bindir or postgres_bindir()
+    pg_config = bindir / "pg_config"
+    if not pg_config.exists():
+        return False
+    found = {}
+    for option in ("--pkglibdir", "--sharedir"):
+        done = subprocess.run([str(pg_config), option], capture_output=True, text=True, check=True)
+        found[option] = Path(done.stdout.strip())
+    return (found["--pkglibdir"] / "timescaledb.so").exists() and (
+        found["--sharedir"] / "extension" / "timescaledb.control"
+    ).exists()
+
+
+def server_options(port: int, socket_dir: Path, *, timescaledb: bool) -> str:
+    """``postgres`` options for a private cluster, preloading TimescaleDB when asked."""
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {socket_dir} -c max_connections=100"
+    if timescaledb:
+        # No telemetry from a test or benchmark cluster; room for a scheduler per database.
+        options += (
+            " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+            " -c max_worker_processes=24 -c timescaledb.max_background_workers=16"
+        )
+    return options
+
+
 @dataclass
 class PgCluster:
     """A PostgreSQL cluster of the tests' own (initdb + pg_ctl), to stop and start at will."""
@@ -165,6 +219,7 @@ class PgCluster:
     port: int
     datadir: Path
     bindir: Path
+    timescaledb: bool = False
 
     @property
     def url(self) -> str:
@@ -186,10 +241,8 @@ class PgCluster:
         self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
 
     def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir}"
-            " -c max_connections=100 -c shared_buffers=64MB"
-        )
+        options = server_options(self.port, self.datadir, timescaledb=self.timescaledb)
+        options += " -c shared_buffers=64MB"
         # The server's output goes to a file: a pipe held open by it would block us forever.
         log = str(self.datadir.parent / "postgres.log")
         self._run(
@@ -201,10 +254,18 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[PgCluster]:
-    """A fresh PostgreSQL cluster on a free port for the duration of the block."""
+def running_cluster(*, timescaledb: bool | None = None) -> Iterator[PgCluster]:
+    """A fresh PostgreSQL cluster on a free port for the duration of the block.
+
+    It preloads TimescaleDB when the extension is installed (or when ``timescaledb`` says so).
+    """
     root = Path(tempfile.mkdtemp(prefix="citytel-pg-"))
-    cluster = PgCluster(port=free_port(), datadir=root / "data", bindir=postgres_bindir())
+    bindir = postgres_bindir()
+    if timescaledb is None:
+        timescaledb = timescaledb_installed(bindir)
+    cluster = PgCluster(
+        port=free_port(), datadir=root / "data", bindir=bindir, timescaledb=timescaledb
+    )
     try:
         cluster.init()
         cluster.start()

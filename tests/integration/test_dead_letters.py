@@ -45,6 +45,12 @@ def bad_messages(settings: Settings, fleet: Fleet) -> list[tuple[str, bytes, Rea
             Reason.BAD_TIMESTAMP,
         ),
         (
+            # Older than the retention period (400 days): retention would delete it unseen.
+            container,
+            json.dumps({"ts": (now - timedelta(days=401)).isoformat(), "fill_pct": 5}).encode(),
+            Reason.TOO_OLD,
+        ),
+        (
             native_topic(root, "gw-1", DeviceKind.WASTE, "NOT-REGISTERED"),
             json.dumps({"ts": ts, "fill_pct": 5}).encode(),
             Reason.UNKNOWN_DEVICE,

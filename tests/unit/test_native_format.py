@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from citytel.domain import DeviceKind, ParkingReading, Reason, WasteReading
+from citytel.domain import DeviceKind, ParkingReading, Reading, Reason, WasteReading
 from citytel.errors import RejectedMessage
 from citytel.formats.native import (
     MAX_PAYLOAD_BYTES,
@@ -201,3 +201,21 @@ def test_hostile_json_is_refused_not_raised(kind: DeviceKind, payload: bytes) ->
     """JSON the parser cannot hold (too deep, too many digits) is a dead letter, not a crash."""
     error = rejected(kind, payload)
     assert error.reason in {Reason.INVALID_JSON, Reason.WRONG_TYPE, Reason.OUT_OF_RANGE}
+
+
+def test_reading_older_than_the_retention_period_is_too_old() -> None:
+    """A reading the retention policy would delete is refused (too_old); one just inside is not."""
+    retention = timedelta(days=400)
+
+    def decode(ts: datetime) -> list[Reading]:
+        payload = json.dumps({"ts": ts.isoformat(), "occupied": True}).encode()
+        return decode_native(
+            DeviceKind.PARKING, "p", payload, now=NOW, max_future=FIVE_MINUTES, max_age=retention
+        )
+
+    with pytest.raises(RejectedMessage) as caught:
+        decode(NOW - retention - timedelta(seconds=1))
+    assert caught.value.reason is Reason.TOO_OLD
+    assert "CITYTEL_TIMESCALE_RETENTION" in caught.value.detail
+    [reading] = decode(NOW - retention)
+    assert reading.ts == NOW - retention

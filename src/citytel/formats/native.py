@@ -138,13 +138,29 @@ def _describe(error: ValidationError, index: int | None) -> RejectedMessage:
 
 
 def check_timestamp_window(
-    ts: datetime, now: datetime, max_future: timedelta, index: int | None = None
+    ts: datetime,
+    now: datetime,
+    max_future: timedelta,
+    index: int | None = None,
+    *,
+    max_age: timedelta | None = None,
 ) -> None:
-    """Refuse a time before 2000 or more than ``max_future`` ahead of ``now`` (bad_timestamp)."""
+    """Refuse a time before 2000 or more than ``max_future`` ahead of ``now`` (bad_timestamp),
+    or more than ``max_age`` (the retention period) before it (too_old).
+
+    A reading older than the retention period would be deleted by the next retention run
+    after being acknowledged: it is refused instead, so that it is kept as a dead letter.
+    """
     where = f"reading {index}: " if index is not None else ""
     if ts < EARLIEST_TS:
         detail = f"{where}ts {ts.isoformat()} is before 2000-01-01; is the sensor clock set?"
         raise RejectedMessage(Reason.BAD_TIMESTAMP, detail)
+    if max_age is not None and ts < now - max_age:
+        detail = (
+            f"{where}ts {ts.isoformat()} is older than the retention period "
+            f"({max_age.days} days, CITYTEL_TIMESCALE_RETENTION): it would be deleted"
+        )
+        raise RejectedMessage(Reason.TOO_OLD, detail)
     if ts > now + max_future:
         detail = (
             f"{where}ts {ts.isoformat()} is {(ts - now).total_seconds():.0f} s in the future "
@@ -160,6 +176,7 @@ def decode_native(
     *,
     now: datetime,
     max_future: timedelta,
+    max_age: timedelta | None = None,
 ) -> list[Reading]:
     """Turn a native payload into readings of ``device_id``.
 
@@ -203,7 +220,7 @@ def decode_native(
             parsed = model.model_validate(item)
         except ValidationError as exc:
             raise _describe(exc, index) from exc
-        check_timestamp_window(parsed.ts, now, max_future, index)
+        check_timestamp_window(parsed.ts, now, max_future, index, max_age=max_age)
         readings.append(_to_reading(device_id, parsed))
     return readings
 

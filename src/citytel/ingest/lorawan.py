@@ -50,6 +50,7 @@ def interpret(
     *,
     now: datetime,
     max_future: timedelta,
+    max_age: timedelta | None = None,
 ) -> tuple[list[DecodedMessage], list[DeadLetter]]:
     """Readings and health events of each uplink, or a dead letter saying why there are none."""
     decoded: list[DecodedMessage] = []
@@ -60,7 +61,7 @@ def interpret(
             binding = sensors.find(uplink.dev_eui, uplink.device_id)
             if binding is None:
                 raise _unknown_device(uplink)
-            check_timestamp_window(uplink.received_at, now, max_future)
+            check_timestamp_window(uplink.received_at, now, max_future, max_age=max_age)
             outcomes = interpret_uplink(
                 profile_for(profiles, binding.model),
                 uplink,

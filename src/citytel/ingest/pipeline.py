@@ -91,7 +91,12 @@ def unreadable(topic: str, payload: bytes, received_at: datetime, exc: Exception
 
 
 def triage(
-    messages: Sequence[InboundMessage], *, root: str, now: datetime, max_future: timedelta
+    messages: Sequence[InboundMessage],
+    *,
+    root: str,
+    now: datetime,
+    max_future: timedelta,
+    max_age: timedelta | None = None,
 ) -> Triage:
     """Read each message's topic and payload, without the database.
 
@@ -113,7 +118,12 @@ def triage(
                 continue
             address = parse_native_topic(root, message.topic)
             readings = decode_native(
-                address.kind, address.device_id, message.payload, now=now, max_future=max_future
+                address.kind,
+                address.device_id,
+                message.payload,
+                now=now,
+                max_future=max_future,
+                max_age=max_age,
             )
         except RejectedMessage as exc:
             result.dead.append(_letter(message, exc))
@@ -143,6 +153,7 @@ class Decoders:
     root: str
     profiles: Mapping[str, DeviceProfile]
     max_future: timedelta
+    max_age: timedelta | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Decoders:
@@ -151,6 +162,7 @@ class Decoders:
             root=settings.mqtt_topic_root,
             profiles=load_profiles(settings.profiles_dir),
             max_future=timedelta(seconds=settings.ingest_max_future_s),
+            max_age=settings.retention_period,
         )
 
 
@@ -159,7 +171,13 @@ async def read_batch(
 ) -> tuple[list[DecodedMessage], list[DeadLetter], int]:
     """Decode a batch, looking up LoRaWAN sensors in the registry: (decoded, dead, ignored)."""
     now = datetime.now(UTC)
-    sorted_out = triage(messages, root=decoders.root, now=now, max_future=decoders.max_future)
+    sorted_out = triage(
+        messages,
+        root=decoders.root,
+        now=now,
+        max_future=decoders.max_future,
+        max_age=decoders.max_age,
+    )
     decoded, dead = sorted_out.decoded, sorted_out.dead
     if sorted_out.uplinks:
         # A NUL cannot be sent to PostgreSQL as text, and matches no registered id anyway.
@@ -173,7 +191,12 @@ async def read_batch(
             },
         )
         more, more_dead = interpret(
-            sorted_out.uplinks, sensors, decoders.profiles, now=now, max_future=decoders.max_future
+            sorted_out.uplinks,
+            sensors,
+            decoders.profiles,
+            now=now,
+            max_future=decoders.max_future,
+            max_age=decoders.max_age,
         )
         decoded += more
         dead += more_dead

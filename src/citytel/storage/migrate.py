@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from citytel.config import Settings
 from citytel.errors import ConfigurationError, StorageError
@@ -57,6 +58,7 @@ class MigrationReport:
     applied: list[str]
     skipped: list[str]
     timescaledb: bool
+    policies_changed: list[str] = field(default_factory=list)
 
 
 def migrations_dir() -> Path:
@@ -137,26 +139,87 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -
     conn.execute(*record)
 
 
+_FIND_JOB = (
+    "SELECT job_id, config FROM timescaledb_information.jobs"
+    " WHERE proc_name = %s AND hypertable_name = %s"
+)
+
+
+def _keep_policy(
+    conn: psycopg.Connection[tuple[object, ...]],
+    table: str,
+    proc: str,
+    key: str,
+    wanted: str,
+    add: str,
+) -> bool:
+    # One job per (table, policy), created once and kept: its id, history and schedule survive
+    # every later run. A changed setting alters the job's configuration in place. True when
+    # something changed.
+    found = conn.execute(_FIND_JOB, (proc, table)).fetchone()
+    if found is None:
+        conn.execute(add, (table, wanted))
+        return True
+    job_id, config = found
+    assert isinstance(config, dict)  # noqa: S101 - jobs.config is jsonb, read as a dict
+    same = conn.execute("SELECT %s::interval = %s::interval", (config.get(key), wanted)).fetchone()
+    if same is not None and same[0]:
+        return False
+    conn.execute(
+        "SELECT alter_job(%s, config => %s::jsonb || jsonb_build_object(%s::text, %s::text))",
+        (job_id, Jsonb(config), key, wanted),
+    )
+    return True
+
+
 def _apply_timescale_policies(
     conn: psycopg.Connection[tuple[object, ...]], settings: Settings
-) -> None:
-    # Settings, not migrations: an operator changes retention without writing SQL. Removing and
-    # re-adding makes every run converge on the configured intervals.
+) -> list[str]:
+    # Settings, not migrations: an operator changes retention without writing SQL.
+    changed: list[str] = []
     for table in ("waste_readings", "parking_readings"):
         conn.execute(
             "SELECT set_chunk_time_interval(%s::regclass, %s::interval)",
             (table, settings.timescale_chunk_interval),
         )
-        conn.execute("SELECT remove_compression_policy(%s::regclass, if_exists => TRUE)", (table,))
-        conn.execute(
+        if _keep_policy(
+            conn,
+            table,
+            "policy_compression",
+            "compress_after",
+            settings.timescale_compress_after,
             "SELECT add_compression_policy(%s::regclass, %s::interval)",
-            (table, settings.timescale_compress_after),
-        )
-        conn.execute("SELECT remove_retention_policy(%s::regclass, if_exists => TRUE)", (table,))
-        conn.execute(
+        ):
+            changed.append(f"{table}: compression")
+        if _keep_policy(
+            conn,
+            table,
+            "policy_retention",
+            "drop_after",
+            settings.timescale_retention,
             "SELECT add_retention_policy(%s::regclass, %s::interval)",
-            (table, settings.timescale_retention),
-        )
+        ):
+            changed.append(f"{table}: retention")
+    # The refresh policies of 0003 looked back 3 days: a reading arriving later never reached
+    # its bucket. Looking back over the whole retention period costs little, because a refresh
+    # re-materialises only the buckets TimescaleDB logged as changed by late inserts.
+    for view in ("waste_fill_hourly", "parking_occupancy_hourly"):
+        found = conn.execute(
+            "SELECT 1 FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_schema = 'public' AND view_name = %s",
+            (view,),
+        ).fetchone()
+        if found is not None and _keep_policy(
+            conn,
+            view,
+            "policy_refresh_continuous_aggregate",
+            "start_offset",
+            settings.timescale_retention,
+            "SELECT add_continuous_aggregate_policy(%s::regclass, start_offset => %s::interval,"
+            " end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes')",
+        ):
+            changed.append(f"{view}: refresh")
+    return changed
 
 
 def migrate(settings: Settings, *, database_url: str | None = None) -> MigrationReport:
@@ -209,8 +272,9 @@ def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -
             log.info("applying migration %s", migration.name)
             _apply(conn, migration)
             applied.append(migration.name)
+        changed: list[str] = []
         if timescale:
-            _apply_timescale_policies(conn, settings)
+            changed = _apply_timescale_policies(conn, settings)
             version = conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
             ).fetchone()
@@ -226,7 +290,9 @@ def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -
                 "TimescaleDB not available: running on plain PostgreSQL (same tables and"
                 " queries; no compression, retention policy or continuous aggregates)"
             )
-        return MigrationReport(applied=applied, skipped=skipped, timescaledb=timescale)
+        return MigrationReport(
+            applied=applied, skipped=skipped, timescaledb=timescale, policies_changed=changed
+        )
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
