@@ -229,12 +229,6 @@ async def create_key(database_url: str, *scopes: Scope, name: str | None = None)
     return key
 
 
-@pytest.fixture
-async def admin_key(database_url: str) -> str:
-    """An admin key (every scope) in this test's database."""
-    return await create_key(database_url, Scope.ADMIN, name="test-admin")
-
-
 @contextlib.asynccontextmanager
 async def serve_api(
     settings: Settings, *, key_scopes: tuple[Scope, ...] = (Scope.ADMIN,)
