@@ -1,4 +1,4 @@
-"""The ``citytel`` command: migrate, ingest, api, simulate, fleet, demo."""
+"""The ``citytel`` command: migrate, ingest, api, simulate, fleet, keys, demo."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ import sys
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from citytel.config import Settings, get_settings
 from citytel.errors import CitytelError
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from citytel.keys import ApiKey
 
 log = logging.getLogger("citytel")
 
@@ -128,9 +133,78 @@ def _fleet_generate(_settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from citytel.keys import check_name, generate_key, hash_key, parse_scopes
+    from citytel.storage import api_keys
+    from citytel.storage.pool import create_pool
+
+    if args.keys_command == "create":
+        try:
+            name, scopes = check_name(args.name), parse_scopes(args.scope)
+        except ValueError as exc:
+            log.error("%s", exc)  # noqa: TRY400 - a clear sentence, not a traceback
+            return 2
+
+    async def main() -> None:
+        pool = await create_pool(settings)
+        try:
+            if args.keys_command == "create":
+                key = generate_key()
+                created = await api_keys.create_key(pool, name, scopes, hash_key(key))
+                log.info("created key %r with scopes %s", created.name, ", ".join(sorted(scopes)))
+                # The key itself, alone on standard output, this once: it is stored only hashed.
+                sys.stdout.write(key + "\n")
+            elif args.keys_command == "revoke":
+                revoked = await api_keys.revoke_key(pool, args.name)
+                log.info("revoked key %r", revoked.name)
+            else:
+                sys.stdout.write(_key_table(await api_keys.list_keys(pool)))
+        finally:
+            await pool.close()
+
+    _run(main())
+    return 0
+
+
+def _key_table(keys: list[ApiKey]) -> str:
+    def when(value: datetime | None) -> str:
+        return value.isoformat(timespec="seconds") if value is not None else "-"
+
+    lines = [f"{'NAME':<24} {'SCOPES':<40} {'CREATED':<26} {'LAST USED':<26} REVOKED"]
+    lines += [
+        f"{k.name:<24} {','.join(sorted(k.scopes)):<40} {when(k.created_at):<26} "
+        f"{when(k.last_used_at):<26} {when(k.revoked_at)}"
+        for k in keys
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _demo_key(settings: Settings) -> str:
+    """A new admin key for this demo run, named after the time it started."""
+    from datetime import UTC, datetime
+
+    from citytel.keys import Scope, generate_key, hash_key
+    from citytel.storage import api_keys
+    from citytel.storage.pool import create_pool
+
+    key = generate_key()
+    name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+    async def main() -> None:
+        pool = await create_pool(settings)
+        try:
+            await api_keys.create_key(pool, name, frozenset({Scope.ADMIN}), hash_key(key))
+        finally:
+            await pool.close()
+
+    _run(main())
+    return key
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     _migrate(settings, args)
     _fleet_import(settings, argparse.Namespace(file=settings.fleet_file))
+    key = _demo_key(settings)
     me = [sys.executable, "-m", "citytel"]
     processes = {
         "ingest": subprocess.Popen([*me, "ingest"]),  # noqa: S603
@@ -140,13 +214,17 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         ),
     }
     base = f"http://{settings.api_host}:{settings.api_port}"
+    auth = f'-H "Authorization: Bearer {key}"'
     sys.stdout.write(
-        "\ncitytel demo is running (Ctrl-C stops it):\n"
-        f"  API docs        {base}/docs\n"
-        f"  fullest bins    {base}/v1/containers?min_fill_pct=80\n"
-        f"  free parking    {base}/v1/parking/free?lat=33.5731&lon=-7.5898&radius_m=800\n"
-        f"  a zone          {base}/v1/zones/maarif\n"
-        f"  readiness       {base}/readyz\n\n"
+        "\ncitytel demo is running (Ctrl-C stops it).\n"
+        f"An API key with every scope was created for it (revoke it with "
+        f"`citytel keys revoke demo-...`, see `citytel keys list`):\n  {key}\n\n"
+        f"  API docs        {base}/docs  (Authorize: paste the key)\n"
+        f"  fullest bins    curl {auth} '{base}/v1/containers?min_fill_pct=80'\n"
+        f"  free parking    curl {auth} "
+        f"'{base}/v1/parking/free?lat=33.5731&lon=-7.5898&radius_m=800'\n"
+        f"  a zone          curl {auth} '{base}/v1/zones/maarif'\n"
+        f"  readiness       curl '{base}/readyz'\n\n"
     )
     sys.stdout.flush()
     stopping = threading.Event()
@@ -194,6 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--containers", type=int, default=2000)
     generate.add_argument("--spots", type=int, default=5000)
 
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_commands.add_parser("create", help="create a key and print it (this once)")
+    create.add_argument("--name", required=True, help="a unique name, e.g. dispatch-app")
+    create.add_argument(
+        "--scope",
+        action="extend",
+        nargs="+",
+        required=True,
+        help="parking:read, containers:read, ops or admin (repeat for several)",
+    )
+    keys_commands.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = keys_commands.add_parser("revoke", help="revoke a key by name, at once")
+    revoke.add_argument("name")
+
     demo = commands.add_parser("demo", help="migrate, import the demo fleet, run everything")
     demo.add_argument("--rate", type=float, default=300, help="simulated messages per second")
     demo.add_argument("--speedup", type=float, default=60, help="simulated seconds per second")
@@ -213,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
     }
     try:
+        if args.command == "keys":
+            return _keys(settings, args)
         if args.command == "fleet":
             action = _fleet_import if args.fleet_command == "import" else _fleet_generate
             return action(settings, args)

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     api_live_refresh_ms: int = Field(default=500, ge=10)
     api_live_resync_s: float = Field(default=600.0, gt=0)
     api_live_max_staleness_s: float = Field(default=10.0, gt=0)
+    # Security (README "Security"): every route but the health checks needs an API key, except
+    # the read-only parking routes when a city opens them as open data.
+    api_anonymous_parking: bool = False
+    # A positive key lookup is remembered this long (revoking through the API forgets it at
+    # once in that process); last_used_at is written at most once per key per touch interval.
+    api_key_cache_s: float = Field(default=1.0, ge=0, le=5)
+    api_key_touch_s: float = Field(default=60.0, ge=0)
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"

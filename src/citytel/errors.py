@@ -59,3 +59,20 @@ class NotFoundError(CitytelError):
 
 class InvalidQueryError(CitytelError):
     """A request whose parameters are well-formed but make no sense together."""
+
+
+class ConflictError(CitytelError):
+    """A request that would duplicate something that must be unique, such as a key's name."""
+
+
+class NotAuthenticatedError(CitytelError):
+    """No API key, or one that is unknown or revoked (HTTP 401)."""
+
+
+class MissingScopeError(CitytelError):
+    """A valid API key without the scope a route needs (HTTP 403)."""
+
+    def __init__(self, scope: str) -> None:
+        message = f"this API key does not have the '{scope}' scope this request needs"
+        super().__init__(message)
+        self.scope = scope

@@ -70,6 +70,7 @@ EXPECTED_COLUMNS = {
         "times_received",
     },
     "schema_migrations": {"version", "name", "checksum", "applied_at"},
+    "api_keys": {"id", "name", "scopes", "key_sha256", "created_at", "last_used_at", "revoked_at"},
     "sensors": {"id", "container_id", "spot_id", "model", "dev_eui", "network_device_id"},
     "device_events": {
         "device_kind",
@@ -109,7 +110,7 @@ def schema(url: str) -> dict[str, set[str]]:
     return found
 
 
-PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008"]
+PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008", "0010"]
 TIMESCALEDB_ONLY = ["0003"]
 NAMES = {
     "0001": "0001_registry",
@@ -120,6 +121,7 @@ NAMES = {
     "0006": "0006_fill_cycles",
     "0007": "0007_device_faults",
     "0008": "0008_fill_order",
+    "0010": "0010_api_keys",
 }
 
 

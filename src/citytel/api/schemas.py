@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from citytel.domain import Reason
+from citytel.keys import Scope
 
 
 class Location(BaseModel):
@@ -255,3 +256,28 @@ class DeviceAttentionPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+
+
+class ApiKeyCreate(BaseModel):
+    """A key to create: its name and scopes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["dispatch-app"])
+    scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
+
+
+class ApiKeyPublic(BaseModel):
+    """An API key as listed: never the key itself."""
+
+    name: str
+    scopes: list[Scope]
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="to within the touch interval")
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """A new key, with the key itself: shown this once, stored only as a hash."""
+
+    key: str

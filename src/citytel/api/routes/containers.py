@@ -10,6 +10,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep, require_offset
 from citytel.api.schemas import (
     BucketPublic,
@@ -21,10 +22,13 @@ from citytel.api.schemas import (
 )
 from citytel.collection import FillCycle, fill_rate_pct_h, reaches_at
 from citytel.errors import InvalidQueryError
+from citytel.keys import Scope
 from citytel.storage import queries
 from citytel.storage.queries import BBox
 
-router = APIRouter(prefix="/v1/containers", tags=["containers"])
+router = APIRouter(
+    prefix="/v1/containers", tags=["containers"], dependencies=[require(Scope.CONTAINERS_READ)]
+)
 
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

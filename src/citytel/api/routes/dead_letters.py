@@ -9,16 +9,20 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query, Request
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep, require_offset
 from citytel.api.schemas import DeadLetterPage, DeadLetterPublic, ReplayRequest, ReplayResult
 from citytel.domain import Reason
 from citytel.errors import InvalidQueryError
 from citytel.ingest.pipeline import Decoders
 from citytel.ingest.replay import replay
+from citytel.keys import Scope
 from citytel.storage import dead_letters
 from citytel.storage.dead_letters import DeadLetterFilter
 
-router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+router = APIRouter(
+    prefix="/v1/dead-letters", tags=["dead letters"], dependencies=[require(Scope.OPS)]
+)
 
 MAX_REPLAY = 10_000
 

@@ -6,11 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep
 from citytel.api.schemas import FullContainer, ZonePublic, ZoneSummary
+from citytel.keys import Scope
 from citytel.storage import queries
 
-router = APIRouter(prefix="/v1/zones", tags=["zones"])
+router = APIRouter(
+    prefix="/v1/zones", tags=["zones"], dependencies=[require(Scope.CONTAINERS_READ)]
+)
 
 
 @router.get("", response_model=list[ZonePublic])
