@@ -1,4 +1,4 @@
-"""The ``citytel`` command: migrate, ingest, api, simulate, fleet, keys, demo."""
+"""The citytel command: migrate, ingest, api, simulate, fleet, keys, demo, settings."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import logging
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from citytel.config import Settings, get_settings
-from citytel.errors import CitytelError
+from citytel.errors import CitytelError, ConfigurationError
+from citytel.settings_help import describe_settings, settings_epilog
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -110,17 +112,29 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _fleet_import(settings: Settings, args: argparse.Namespace) -> int:
+    from citytel.decoding.profiles import load_profiles
     from citytel.storage.fleet import import_fleet
     from citytel.storage.pool import create_pool
+
+    dry_run = bool(getattr(args, "dry_run", False))
+    models = set(load_profiles(settings.profiles_dir))
 
     async def main() -> None:
         pool = await create_pool(settings)
         try:
-            result = await import_fleet(pool, Path(args.file))
+            result = await import_fleet(
+                pool, Path(args.file), models=models, area=settings.service_area, dry_run=dry_run
+            )
         finally:
             await pool.close()
-        log.info("imported %d containers and %d parking spots", result.containers, result.spots)
+        verb = "would import (dry run, nothing written)" if dry_run else "imported"
+        sys.stdout.write(
+            f"{verb} {result.containers} containers and {result.spots} parking spots "
+            f"from {args.file}:\n{result.changes.summary()}\n"
+        )
+        sys.stdout.flush()
 
+    log.info("%s fleet file %s", "checking" if dry_run else "importing", args.file)
     _run(main())
     return 0
 
@@ -128,8 +142,18 @@ def _fleet_import(settings: Settings, args: argparse.Namespace) -> int:
 def _fleet_generate(_settings: Settings, args: argparse.Namespace) -> int:
     from simulators.fleet import write_fleet
 
-    write_fleet(Path(args.out), seed=args.seed, containers=args.containers, spots=args.spots)
-    log.info("wrote %s", args.out)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        message = f"{out} exists; pass --force to overwrite it, or name another file with --out"
+        raise ConfigurationError(message)
+    write_fleet(out, seed=args.seed, containers=args.containers, spots=args.spots)
+    log.info("wrote %s", out)
+    return 0
+
+
+def _settings_command(settings: Settings, _args: argparse.Namespace) -> int:
+    sys.stdout.write(describe_settings(settings))
+    sys.stdout.flush()
     return 0
 
 
@@ -249,30 +273,129 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = (
+    "citytel: smart-city telemetry. Waste-container fill levels and parking occupancy arrive "
+    "over MQTT, are stored in PostgreSQL/TimescaleDB and served over HTTP. Every setting is an "
+    "environment variable CITYTEL_*: 'citytel settings' prints the effective ones, and each "
+    "command's --help lists those it reads."
+)
+
+
+def _command(
+    commands: Any, name: str, summary: str, detail: str, settings: tuple[str, ...] | None
+) -> argparse.ArgumentParser:
+    """A sub-command whose help says what it does and lists the settings it reads."""
+    return commands.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=summary,
+        description=textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {detail}".strip(), 79),
+        epilog=settings_epilog(settings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("citytel")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``citytel`` command."""
-    parser = argparse.ArgumentParser(prog="citytel", description=__doc__)
+    parser = argparse.ArgumentParser(prog="citytel", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"citytel {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("migrate", help="create the database if needed and apply migrations")
-    commands.add_parser("ingest", help="consume readings from MQTT into the database")
-    commands.add_parser("api", help="serve the HTTP API")
+    _command(
+        commands,
+        "migrate",
+        "create the database if needed and apply migrations",
+        "Safe to run again: applied migrations are skipped.",
+        ("database_url", "timescale_*", "log_level"),
+    )
+    _command(
+        commands,
+        "ingest",
+        "consume readings from MQTT into the database",
+        "Runs until SIGINT or SIGTERM; a reading ends stored or in the dead-letter store.",
+        (
+            "database_*",
+            "mqtt_*",
+            "ingest_*",
+            "sensor_profiles_dir",
+            "timescale_retention",
+            "log_level",
+        ),
+    )
+    _command(
+        commands,
+        "api",
+        "serve the HTTP API",
+        "The OpenAPI documentation is at /docs.",
+        ("database_*", "api_*", "log_level"),
+    )
+    _command(
+        commands,
+        "settings",
+        "print the effective settings, secrets masked",
+        "Each CITYTEL_* setting with its value and whether it comes from the environment.",
+        None,
+    )
 
-    simulate = commands.add_parser("simulate", help="publish simulated sensor readings")
+    simulate = _command(
+        commands,
+        "simulate",
+        "publish simulated sensor readings",
+        "Readings for the devices of the fleet file, published to the broker.",
+        ("mqtt_*", "fleet_file", "log_level"),
+    )
     from simulators.cli import add_arguments
 
     add_arguments(simulate)
 
-    fleet = commands.add_parser("fleet", help="the registry of containers and spots")
+    fleet = commands.add_parser(
+        "fleet",
+        help="the registry of containers and spots",
+        description="The registry of containers and parking spots, from GeoJSON files.",
+    )
     fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
-    fleet_import = fleet_commands.add_parser("import", help="upsert a GeoJSON FeatureCollection")
+    fleet_import = _command(
+        fleet_commands,
+        "import",
+        "upsert a GeoJSON FeatureCollection",
+        "The file is checked whole and written in one transaction: a refused file changes "
+        "nothing, and the refusal names each feature, the property and the fix.",
+        ("database_url", "fleet_service_area", "sensor_profiles_dir", "log_level"),
+    )
     fleet_import.add_argument("file", help="GeoJSON file of containers and spots")
-    generate = fleet_commands.add_parser("generate", help="write the deterministic demo fleet")
-    generate.add_argument("--out", default="sensors/fleet/casablanca.geojson")
-    generate.add_argument("--seed", type=int, default=2026)
-    generate.add_argument("--containers", type=int, default=2000)
-    generate.add_argument("--spots", type=int, default=5000)
+    fleet_import.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the file and report what would be added, moved, changed and rebound; "
+        "write nothing",
+    )
+    generate = _command(
+        fleet_commands,
+        "generate",
+        "write a deterministic demo fleet to a file",
+        "Refuses to overwrite an existing file unless --force is given.",
+        (),
+    )
+    generate.add_argument("--out", required=True, help="the GeoJSON file to write")
+    generate.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    generate.add_argument("--seed", type=int, default=2026, help="default: %(default)s")
+    generate.add_argument("--containers", type=int, default=2000, help="default: %(default)s")
+    generate.add_argument("--spots", type=int, default=5000, help="default: %(default)s")
 
-    keys = commands.add_parser("keys", help="API keys: create, list, revoke")
+    keys = _command(
+        commands,
+        "keys",
+        "API keys: create, list, revoke",
+        "A key is printed once, when it is created; only its SHA-256 is stored.",
+        ("database_url", "log_level"),
+    )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_commands.add_parser("create", help="create a key and print it (this once)")
     create.add_argument("--name", required=True, help="a unique name, e.g. dispatch-app")
@@ -287,7 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_commands.add_parser("revoke", help="revoke a key by name, at once")
     revoke.add_argument("name")
 
-    demo = commands.add_parser("demo", help="migrate, import the demo fleet, run everything")
+    demo = _command(
+        commands,
+        "demo",
+        "migrate, import the demo fleet, run everything",
+        "Runs ingest, the API and the simulator until Ctrl-C.",
+        ("*",),
+    )
     demo.add_argument("--rate", type=float, default=300, help="simulated messages per second")
     demo.add_argument("--speedup", type=float, default=60, help="simulated seconds per second")
     return parser
@@ -304,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "api": _api,
         "simulate": _simulate,
         "demo": _demo,
+        "settings": _settings_command,
     }
     try:
         if args.command == "keys":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from datetime import timedelta
@@ -35,6 +36,21 @@ def parse_period(text: str) -> timedelta:
         message = f"{text!r} is not a period like '400 days' or '2 years'"
         raise ValueError(message)
     return int(match.group(1)) * _UNIT_LENGTH[match.group(2)]
+
+
+def parse_service_area(text: str) -> tuple[float, float, float, float]:
+    """``"-7.75,33.45,-7.45,33.65"``: west, south, east, north in degrees."""
+    try:
+        west, south, east, north = (float(part) for part in text.split(","))
+    except ValueError:
+        west = south = east = north = math.nan
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        message = (
+            f"CITYTEL_FLEET_SERVICE_AREA {text!r} must be west,south,east,north in degrees "
+            "(west < east, south < north), e.g. -7.75,33.45,-7.45,33.65"
+        )
+        raise ValueError(message)
+    return west, south, east, north
 
 
 def _default_client_id() -> str:
@@ -91,6 +107,8 @@ class Settings(BaseSettings):
     timescale_retention: str = "400 days"
 
     fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
+    # "west,south,east,north" in degrees: a fleet file's devices must stand inside it.
+    fleet_service_area: str | None = None
     sensor_profiles_dir: Path | None = None
     log_level: str = "INFO"
 
@@ -112,6 +130,18 @@ class Settings(BaseSettings):
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from exc
         return value
+
+    @field_validator("fleet_service_area")
+    @classmethod
+    def _service_area_is_a_box(cls, value: str | None) -> str | None:
+        if value:
+            parse_service_area(value)
+        return value or None
+
+    @property
+    def service_area(self) -> tuple[float, float, float, float] | None:
+        """Where fleet devices must stand (CITYTEL_FLEET_SERVICE_AREA), or None for anywhere."""
+        return parse_service_area(self.fleet_service_area) if self.fleet_service_area else None
 
     @field_validator("timescale_retention")
     @classmethod
