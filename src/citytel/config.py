@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citytel.errors import ConfigurationError
@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"
     timescale_retention: str = "400 days"
+    # The hourly and daily aggregates outlive the raw readings: a city's reports look back years.
+    timescale_aggregate_retention: str = "5 years"
 
     fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
     # "west,south,east,north" in degrees: a fleet file's devices must stand inside it.
@@ -143,11 +145,23 @@ class Settings(BaseSettings):
         """Where fleet devices must stand (CITYTEL_FLEET_SERVICE_AREA), or None for anywhere."""
         return parse_service_area(self.fleet_service_area) if self.fleet_service_area else None
 
-    @field_validator("timescale_retention")
+    @field_validator("timescale_retention", "timescale_aggregate_retention")
     @classmethod
     def _retention_is_a_period(cls, value: str) -> str:
         parse_period(value)
         return value
+
+    @model_validator(mode="after")
+    def _aggregates_outlive_readings(self) -> Settings:
+        if parse_period(self.timescale_aggregate_retention) <= self.retention_period:
+            message = (
+                "CITYTEL_TIMESCALE_AGGREGATE_RETENTION "
+                f"({self.timescale_aggregate_retention!r}) must be longer than "
+                f"CITYTEL_TIMESCALE_RETENTION ({self.timescale_retention!r}): the hourly and "
+                "daily history is kept after the raw readings are dropped, not before"
+            )
+            raise ValueError(message)
+        return self
 
     @property
     def retention_period(self) -> timedelta:

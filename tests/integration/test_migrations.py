@@ -111,7 +111,7 @@ def schema(url: str) -> dict[str, set[str]]:
 
 
 PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008", "0010"]
-TIMESCALEDB_ONLY = ["0003"]
+TIMESCALEDB_ONLY = ["0003", "0009"]
 NAMES = {
     "0001": "0001_registry",
     "0002": "0002_readings",
@@ -121,6 +121,7 @@ NAMES = {
     "0006": "0006_fill_cycles",
     "0007": "0007_device_faults",
     "0008": "0008_fill_order",
+    "0009": "0009_history_aggregates",
     "0010": "0010_api_keys",
 }
 

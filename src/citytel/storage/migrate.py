@@ -139,6 +139,14 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -
     conn.execute(*record)
 
 
+# The continuous aggregates of migrations/0009_history_aggregates.sql, which the API reads.
+HISTORY_AGGREGATES = (
+    "waste_fill_hourly",
+    "parking_occupancy_hourly",
+    "waste_fill_daily",
+    "parking_occupancy_daily",
+)
+
 _FIND_JOB = (
     "SELECT job_id, config FROM timescaledb_information.jobs"
     " WHERE proc_name = %s AND hypertable_name = %s"
@@ -202,14 +210,18 @@ def _apply_timescale_policies(
             changed.append(f"{table}: retention")
     # The refresh policies of 0003 looked back 3 days: a reading arriving later never reached
     # its bucket. Looking back over the whole retention period costs little, because a refresh
-    # re-materialises only the buckets TimescaleDB logged as changed by late inserts.
-    for view in ("waste_fill_hourly", "parking_occupancy_hourly"):
+    # re-materialises only the buckets TimescaleDB logged as changed by late inserts; and it never
+    # reaches back past the raw readings' retention, where it would empty the buckets the
+    # aggregates keep longer (CITYTEL_TIMESCALE_AGGREGATE_RETENTION).
+    for view in HISTORY_AGGREGATES:
         found = conn.execute(
             "SELECT 1 FROM timescaledb_information.continuous_aggregates"
             " WHERE view_schema = 'public' AND view_name = %s",
             (view,),
         ).fetchone()
-        if found is not None and _keep_policy(
+        if found is None:
+            continue
+        if _keep_policy(
             conn,
             view,
             "policy_refresh_continuous_aggregate",
@@ -219,6 +231,15 @@ def _apply_timescale_policies(
             " end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes')",
         ):
             changed.append(f"{view}: refresh")
+        if _keep_policy(
+            conn,
+            view,
+            "policy_retention",
+            "drop_after",
+            settings.timescale_aggregate_retention,
+            "SELECT add_retention_policy(%s::regclass, %s::interval)",
+        ):
+            changed.append(f"{view}: retention")
     return changed
 
 
@@ -279,11 +300,12 @@ def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -
                 "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
             ).fetchone()
             log.info(
-                "TimescaleDB %s: readings in hypertables with compression after %s, retention %s"
-                " and hourly continuous aggregates",
+                "TimescaleDB %s: readings in hypertables with compression after %s, retention %s;"
+                " hourly and daily continuous aggregates kept %s",
                 version[0] if version else "?",
                 settings.timescale_compress_after,
                 settings.timescale_retention,
+                settings.timescale_aggregate_retention,
             )
         else:
             log.info(

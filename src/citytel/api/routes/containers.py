@@ -35,6 +35,11 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MAX_BUCKETS = 10_000
 DEFAULT_RANGE = timedelta(hours=24)
 
+FromQuery = Annotated[
+    datetime | None, Query(alias="from", description="start, inclusive (default: to - 24 h)")
+]
+ToQuery = Annotated[datetime | None, Query(alias="to", description="end, exclusive (default: now)")]
+
 
 def fill_state(row: asyncpg.Record) -> FillCycle:
     """The fill cycle of a container row."""
@@ -99,6 +104,22 @@ def parse_bucket(raw: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
+def history_range(
+    start: datetime | None, end: datetime | None, bucket: str | None
+) -> tuple[datetime, datetime, timedelta | None]:
+    """A history query's ``[from, to)`` (default: the last 24 h) and bucket."""
+    end = require_offset(end, "to") if end is not None else datetime.now(UTC)
+    start = require_offset(start, "from") if start is not None else end - DEFAULT_RANGE
+    if start >= end:
+        message = f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
+        raise InvalidQueryError(message)
+    step = parse_bucket(bucket) if bucket is not None else None
+    if step is not None and (end - start) / step > MAX_BUCKETS:
+        message = f"{bucket} buckets over this range make more than {MAX_BUCKETS}; widen the bucket"
+        raise InvalidQueryError(message)
+    return start, end, step
+
+
 @router.get("", response_model=ContainerPage)
 async def list_containers(
     pool: PoolDep,
@@ -144,25 +165,13 @@ async def get_container(pool: PoolDep, container_id: str) -> ContainerPublic:
 async def container_readings(
     pool: PoolDep,
     container_id: str,
-    start: Annotated[
-        datetime | None, Query(alias="from", description="start, inclusive (default: to - 24 h)")
-    ] = None,
-    end: Annotated[
-        datetime | None, Query(alias="to", description="end, exclusive (default: now)")
-    ] = None,
+    start: FromQuery = None,
+    end: ToQuery = None,
     bucket: Annotated[str | None, Query(description="average per bucket, like 15m, 1h, 1d")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="raw readings at most")] = 1000,
 ) -> ContainerReadings:
     """A container's fill readings over time, raw or averaged per time bucket."""
-    end = require_offset(end, "to") if end is not None else datetime.now(UTC)
-    start = require_offset(start, "from") if start is not None else end - DEFAULT_RANGE
-    if start >= end:
-        message = f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
-        raise InvalidQueryError(message)
-    step = parse_bucket(bucket) if bucket is not None else None
-    if step is not None and (end - start) / step > MAX_BUCKETS:
-        message = f"{bucket} buckets over this range make more than {MAX_BUCKETS}; widen the bucket"
-        raise InvalidQueryError(message)
+    start, end, step = history_range(start, end, bucket)
     rows = await queries.container_readings(
         pool, container_id, start=start, end=end, bucket=step, limit=limit
     )
