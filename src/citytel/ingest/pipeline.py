@@ -141,6 +141,7 @@ def triage(
                 topic=message.topic,
                 payload=message.payload,
                 received_at=message.received_at,
+                gateway=address.gateway,
             )
         )
     return result

@@ -12,31 +12,33 @@ from typing import Any
 
 import asyncpg
 
+from citytel.domain import DEFAULT_GATEWAY
 from citytel.errors import ConfigurationError
 from citytel.formats.topics import is_valid_id
 from citytel.storage.pool import Connection, connection
 
 UPSERT_CONTAINERS = """
-INSERT INTO containers AS c (id, location, zone, capacity_l, depth_mm, waste_kind, full_mark_mm)
+INSERT INTO containers AS c
+    (id, location, zone, capacity_l, depth_mm, waste_kind, full_mark_mm, gateway_id)
 SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, capacity_l, depth_mm,
-       waste_kind, full_mark_mm
+       waste_kind, full_mark_mm, gateway_id
 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::int[], $6::int[], $7::text[],
-            $8::int[])
-    AS f(id, lon, lat, zone, capacity_l, depth_mm, waste_kind, full_mark_mm)
+            $8::int[], $9::text[])
+    AS f(id, lon, lat, zone, capacity_l, depth_mm, waste_kind, full_mark_mm, gateway_id)
 ON CONFLICT (id) DO UPDATE SET
     location = EXCLUDED.location, zone = EXCLUDED.zone, capacity_l = EXCLUDED.capacity_l,
     depth_mm = EXCLUDED.depth_mm, waste_kind = EXCLUDED.waste_kind,
-    full_mark_mm = EXCLUDED.full_mark_mm, updated_at = now()
+    full_mark_mm = EXCLUDED.full_mark_mm, gateway_id = EXCLUDED.gateway_id, updated_at = now()
 """
 
 UPSERT_SPOTS = """
-INSERT INTO parking_spots AS s (id, location, zone, category)
-SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, category
-FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[])
-    AS f(id, lon, lat, zone, category)
+INSERT INTO parking_spots AS s (id, location, zone, category, gateway_id)
+SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, category, gateway_id
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[])
+    AS f(id, lon, lat, zone, category, gateway_id)
 ON CONFLICT (id) DO UPDATE SET
     location = EXCLUDED.location, zone = EXCLUDED.zone, category = EXCLUDED.category,
-    updated_at = now(), changed_xid = pg_current_xact_id()
+    gateway_id = EXCLUDED.gateway_id, updated_at = now(), changed_xid = pg_current_xact_id()
 """
 
 
@@ -58,6 +60,8 @@ ON CONFLICT (spot_id) DO UPDATE SET
 """
 
 _DEV_EUI = re.compile(r"^[0-9A-Fa-f]{16}$")
+
+REGISTERED_GATEWAYS = "SELECT id FROM gateways WHERE id = ANY($1::text[])"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,28 @@ def _feature(index: int, raw: Any) -> _Feature:
         message = f"{where} ({ident}): properties.zone is required"
         raise ConfigurationError(message)
     return _Feature(kind, ident, float(lon), float(lat), zone, props)
+
+
+def _gateway(feature: _Feature) -> str:
+    value = feature.props.get("gateway", DEFAULT_GATEWAY)
+    if not isinstance(value, str) or not is_valid_id(value):
+        message = f"{feature.id}: properties.gateway {value!r} is not a valid gateway id"
+        raise ConfigurationError(message)
+    return value
+
+
+async def _check_gateways(conn: Connection, features: list[_Feature]) -> None:
+    named = {_gateway(f) for f in features}
+    rows = await conn.fetch(REGISTERED_GATEWAYS, sorted(named))
+    missing = sorted(named - {row["id"] for row in rows})
+    if missing:
+        first = next(f for f in features if _gateway(f) == missing[0])
+        message = (
+            f"{first.id}: properties.gateway {missing[0]!r} is not a registered gateway "
+            f"(unregistered: {', '.join(missing)}); add it with `citytel gateways add "
+            f"{missing[0]}`, then import again"
+        )
+        raise ConfigurationError(message)
 
 
 def _positive_int(feature: _Feature, name: str) -> int:
@@ -185,6 +211,7 @@ async def import_fleet(pool: asyncpg.Pool, path: Path) -> FleetImport:
         raise ConfigurationError(message) from exc
     containers, spots = parse_fleet(document)
     async with connection(pool) as conn, conn.transaction():
+        await _check_gateways(conn, containers + spots)
         if containers:
             await conn.execute(
                 UPSERT_CONTAINERS,
@@ -196,6 +223,7 @@ async def import_fleet(pool: asyncpg.Pool, path: Path) -> FleetImport:
                 [_positive_int(f, "depth_mm") for f in containers],
                 [str(f.props.get("waste_kind") or "mixed") for f in containers],
                 [_optional_int(f, "full_mark_mm") for f in containers],
+                [_gateway(f) for f in containers],
             )
             await _bind_sensors(conn, UPSERT_CONTAINER_SENSORS, containers)
         if spots:
@@ -206,6 +234,7 @@ async def import_fleet(pool: asyncpg.Pool, path: Path) -> FleetImport:
                 [f.lat for f in spots],
                 [f.zone for f in spots],
                 [str(f.props.get("category") or "standard") for f in spots],
+                [_gateway(f) for f in spots],
             )
             await _bind_sensors(conn, UPSERT_SPOT_SENSORS, spots)
     return FleetImport(containers=len(containers), spots=len(spots))
