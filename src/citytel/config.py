@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     timescale_compress_after: str = "7 days"
     timescale_retention: str = "400 days"
 
+    # Mosquitto's password and ACL files, written by `citytel gateways` (src/citytel/broker.py),
+    # and the broker's pid file, to make it reload them (SIGHUP).
+    broker_password_file: Path | None = None
+    broker_acl_file: Path | None = None
+    broker_pid_file: Path | None = None
+
     fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
     sensor_profiles_dir: Path | None = None
     log_level: str = "INFO"

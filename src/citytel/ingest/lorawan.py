@@ -72,10 +72,10 @@ def interpret(
             binding = sensors.find(uplink.dev_eui, uplink.device_id)
             if binding is None:
                 raise _unknown_device(uplink)
-            if (
-                binding.lorawan_application is not None
-                and binding.lorawan_application != uplink.application
-            ):
+            if binding.lorawan_application is not None and binding.lorawan_application not in {
+                uplink.application,
+                f"{uplink.application}@{uplink.tenant}",
+            }:
                 raise _wrong_application(uplink, binding)
             check_timestamp_window(uplink.received_at, now, max_future, max_age=max_age)
             outcomes = interpret_uplink(
