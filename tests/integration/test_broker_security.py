@@ -110,6 +110,7 @@ class Client:
     def subscribe(self, topic: str) -> ReasonCode:
         """Subscribe at QoS 1; the SUBACK's reason code."""
         _, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
         with self.changed:
             assert self.changed.wait_for(lambda: mid in self.subacks, 10), "no SUBACK"
             return self.subacks[mid][0]
@@ -296,6 +297,7 @@ async def test_a_reading_for_another_gateways_device_is_dead_lettered(
 
         await wait_until(both_handled)
     letter = await secured.pool.fetchrow("SELECT topic, reason, detail FROM dead_letters")
+    assert letter is not None
     assert (letter["topic"], letter["reason"]) == (f"{ROOT}/gw-a/waste/C-B", "wrong_gateway")
     assert "'gw-a'" in letter["detail"]
     assert "'gw-b'" in letter["detail"]
@@ -382,6 +384,7 @@ async def test_an_uplink_of_another_application_is_wrong_gateway(
 
         await wait_until(dead_lettered)
     letter = await secured.pool.fetchrow("SELECT reason, detail FROM dead_letters")
+    assert letter is not None
     assert letter["reason"] == "wrong_gateway"
     assert CHIRPSTACK_APP in letter["detail"]
     assert "citytel-casa@ttn" in letter["detail"]
