@@ -88,7 +88,7 @@ class Client:
             self.changed.notify_all()
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self.messages.put((message.topic, message.payload))
+        self.messages.put((message.topic, bytes(message.payload)))
 
     def connect(self) -> ReasonCode:
         """Connect; the broker's CONNACK reason code."""
