@@ -50,6 +50,9 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = SecretStr("postgresql://postgres:postgres@127.0.0.1:5432/citytel")
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Passwords `citytel migrate` gives the citytel_ingest and citytel_api roles (0012_roles.sql).
+    database_ingest_password: SecretStr | None = None
+    database_api_password: SecretStr | None = None
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
