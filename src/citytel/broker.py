@@ -117,8 +117,9 @@ def ingest_user(settings: Settings) -> BrokerUser:
 def _replace(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
-    # Mosquitto may run as another user: it must be able to read, nobody else needs to.
-    temporary.chmod(0o640)
+    # Mosquitto reads them as its own user, whoever wrote them. Readable hashes of 192-bit random
+    # passwords give nothing away; keep the directory itself private to the broker's host.
+    temporary.chmod(0o644)
     temporary.replace(path)
 
 
