@@ -26,7 +26,7 @@ GRANT USAGE ON SCHEMA public TO citytel_ingest, citytel_api;
 -- Ingest: read the registry, write readings, latest state, health events and dead letters.
 -- Gateways: never their password hashes, which only the owner (`citytel gateways`) handles.
 GRANT SELECT ON containers, parking_spots, sensors TO citytel_ingest;
-GRANT SELECT (id, enabled, lorawan_application) ON gateways TO citytel_ingest;
+GRANT SELECT (id, enabled, lorawan_application, last_seen_at) ON gateways TO citytel_ingest;
 GRANT UPDATE (last_seen_at) ON gateways TO citytel_ingest;
 GRANT SELECT, INSERT ON waste_readings, parking_readings, device_events TO citytel_ingest;
 GRANT SELECT, INSERT, UPDATE ON container_latest, spot_latest, dead_letters TO citytel_ingest;

@@ -303,6 +303,11 @@ async def test_a_reading_for_another_gateways_device_is_dead_lettered(
     assert "'gw-b'" in letter["detail"]
     assert await secured.pool.fetchval("SELECT container_id FROM waste_readings") == "C-A"
     assert await secured.pool.fetchval("SELECT count(*) FROM container_latest") == 1
+    # Ingest wrote, at the latest when it stopped, when gateway A was last seen; B never was.
+    rows = await secured.pool.fetch("SELECT id, last_seen_at FROM gateways")
+    seen = {row["id"]: row["last_seen_at"] for row in rows}
+    assert seen["gw-a"] is not None
+    assert seen["gw-b"] is None
 
 
 async def test_lorawan_uplinks_reach_ingest_under_the_shipped_acl(
