@@ -190,6 +190,52 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateways(settings: Settings, args: argparse.Namespace) -> int:
+    from citytel.broker import write_broker_files
+    from citytel.storage import gateways
+    from citytel.storage.pool import create_pool
+
+    async def main() -> None:
+        pool = await create_pool(settings)
+        try:
+            password = None
+            if args.gateways_command == "add":
+                password = await gateways.add_gateway(
+                    pool, args.id, name=args.name, lorawan_application=args.lorawan_application
+                )
+            elif args.gateways_command == "rotate":
+                password = await gateways.rotate_gateway(pool, args.id)
+            elif args.gateways_command == "disable":
+                await gateways.disable_gateway(pool, args.id)
+            elif args.gateways_command == "list":
+                for g in await gateways.list_gateways(pool):
+                    state = "enabled" if g.enabled and g.has_password else "no password"
+                    state = state if g.enabled else "disabled"
+                    seen = g.last_seen_at.isoformat() if g.last_seen_at else "never"
+                    app = f" application={g.lorawan_application}" if g.lorawan_application else ""
+                    sys.stdout.write(
+                        f"{g.id}\t{state}\tdevices={g.devices}\tcredential={g.credential_version}"
+                        f"\tlast_seen={seen}{app}\t{g.name}\n"
+                    )
+            users = await gateways.broker_users(pool)
+        finally:
+            await pool.close()
+        if password is not None:
+            # The one time the password exists outside the gateway: on standard output only.
+            sys.stdout.write(f"password for gateway {args.id} (shown once): {password}\n")
+            sys.stdout.flush()
+        if write_broker_files(settings, users):
+            log.info("broker files written: %d gateway(s) may connect", len(users))
+        elif args.gateways_command != "list":
+            log.warning(
+                "CITYTEL_BROKER_PASSWORD_FILE and CITYTEL_BROKER_ACL_FILE are not set: "
+                "the registry changed but the broker was not updated"
+            )
+
+    _run(main())
+    return 0
+
+
 def _key_table(keys: list[ApiKey]) -> str:
     def when(value: datetime | None) -> str:
         return value.isoformat(timespec="seconds") if value is not None else "-"
@@ -410,6 +456,27 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_commands.add_parser("revoke", help="revoke a key by name, at once")
     revoke.add_argument("name")
 
+    gateways = commands.add_parser("gateways", help="gateways and their broker credentials")
+    gateway_commands = gateways.add_subparsers(
+        dest="gateways_command", required=True, metavar="ACTION"
+    )
+    add = gateway_commands.add_parser("add", help="register a gateway; prints its password once")
+    add.add_argument("id", help="gateway id: its broker user name and topic segment")
+    add.add_argument("--name", default="", help="a description for people")
+    add.add_argument(
+        "--lorawan-application",
+        default=None,
+        help="the network-server application it stands for (ChirpStack application id, "
+        "The Things Stack app@tenant)",
+    )
+    rotate = gateway_commands.add_parser(
+        "rotate", help="new password (printed once), old one refused; re-enables"
+    )
+    rotate.add_argument("id")
+    disable = gateway_commands.add_parser("disable", help="refuse the gateway at the broker")
+    disable.add_argument("id")
+    gateway_commands.add_parser("list", help="every gateway; rewrites the broker files")
+
     demo = _command(
         commands,
         "demo",
@@ -438,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return _keys(settings, args)
+        if args.command == "gateways":
+            return _gateways(settings, args)
         if args.command == "fleet":
             action = _fleet_import if args.fleet_command == "import" else _fleet_generate
             return action(settings, args)

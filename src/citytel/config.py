@@ -66,6 +66,9 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = SecretStr("postgresql://postgres:postgres@127.0.0.1:5432/citytel")
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Passwords `citytel migrate` gives the citytel_ingest and citytel_api roles (0012_roles.sql).
+    database_ingest_password: SecretStr | None = None
+    database_api_password: SecretStr | None = None
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
@@ -107,6 +110,12 @@ class Settings(BaseSettings):
     timescale_retention: str = "400 days"
     # The hourly and daily aggregates outlive the raw readings: a city's reports look back years.
     timescale_aggregate_retention: str = "5 years"
+
+    # Mosquitto's password and ACL files, written by `citytel gateways` (src/citytel/broker.py),
+    # and the broker's pid file, to make it reload them (SIGHUP).
+    broker_password_file: Path | None = None
+    broker_acl_file: Path | None = None
+    broker_pid_file: Path | None = None
 
     fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
     # "west,south,east,north" in degrees: a fleet file's devices must stand inside it.

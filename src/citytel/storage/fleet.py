@@ -19,42 +19,45 @@ from typing import Any
 
 import asyncpg
 
+from citytel.domain import DEFAULT_GATEWAY
 from citytel.errors import ConfigurationError
 from citytel.formats.topics import is_valid_id
 from citytel.storage.pool import Connection, connection
 
 UPSERT_CONTAINERS = """
-INSERT INTO containers AS c (id, location, zone, capacity_l, depth_mm, waste_kind, full_mark_mm)
+INSERT INTO containers AS c
+    (id, location, zone, capacity_l, depth_mm, waste_kind, full_mark_mm, gateway_id)
 SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, capacity_l, depth_mm,
-       waste_kind, full_mark_mm
+       waste_kind, full_mark_mm, gateway_id
 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::int[], $6::int[], $7::text[],
-            $8::int[])
-    AS f(id, lon, lat, zone, capacity_l, depth_mm, waste_kind, full_mark_mm)
+            $8::int[], $9::text[])
+    AS f(id, lon, lat, zone, capacity_l, depth_mm, waste_kind, full_mark_mm, gateway_id)
 ON CONFLICT (id) DO UPDATE SET
     location = EXCLUDED.location, zone = EXCLUDED.zone, capacity_l = EXCLUDED.capacity_l,
     depth_mm = EXCLUDED.depth_mm, waste_kind = EXCLUDED.waste_kind,
-    full_mark_mm = EXCLUDED.full_mark_mm, updated_at = now()
+    full_mark_mm = EXCLUDED.full_mark_mm, gateway_id = EXCLUDED.gateway_id, updated_at = now()
 """
 
 UPSERT_SPOTS = """
-INSERT INTO parking_spots AS s (id, location, zone, category)
-SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, category
-FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[])
-    AS f(id, lon, lat, zone, category)
+INSERT INTO parking_spots AS s (id, location, zone, category, gateway_id)
+SELECT id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, zone, category, gateway_id
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[])
+    AS f(id, lon, lat, zone, category, gateway_id)
 ON CONFLICT (id) DO UPDATE SET
     location = EXCLUDED.location, zone = EXCLUDED.zone, category = EXCLUDED.category,
-    updated_at = now(), changed_xid = pg_current_xact_id()
+    gateway_id = EXCLUDED.gateway_id, updated_at = now(), changed_xid = pg_current_xact_id()
 """
 
 # What the registry holds now for the devices of a file, to tell what an import changes.
 CURRENT_CONTAINERS = """
 SELECT id, ST_X(location::geometry) AS lon, ST_Y(location::geometry) AS lat, zone,
-       capacity_l, depth_mm, waste_kind, full_mark_mm
+       capacity_l, depth_mm, waste_kind, full_mark_mm, gateway_id
 FROM containers
 """
 
 CURRENT_SPOTS = """
-SELECT id, ST_X(location::geometry) AS lon, ST_Y(location::geometry) AS lat, zone, category
+SELECT id, ST_X(location::geometry) AS lon, ST_Y(location::geometry) AS lat, zone, category,
+       gateway_id
 FROM parking_spots
 """
 
@@ -77,6 +80,8 @@ INSERT_SPOT_SENSORS = """
 INSERT INTO sensors (spot_id, model, dev_eui, network_device_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
 """
+
+REGISTERED_GATEWAYS = "SELECT id FROM gateways WHERE id = ANY($1::text[])"
 
 _DEV_EUI = re.compile(r"^[0-9A-Fa-f]{16}$")
 _KINDS = {"waste_container": "container", "parking_spot": "spot"}
@@ -108,9 +113,8 @@ class Device:
     lon: float
     lat: float
     zone: str
-    attributes: tuple[
-        Any, ...
-    ]  # containers: capacity, depth, waste kind, full mark; spots: category
+    # containers: capacity, depth, waste kind, full mark, gateway; spots: category, gateway
+    attributes: tuple[Any, ...]
     sensor: Sensor | None
 
     @property
@@ -137,7 +141,7 @@ class FleetChanges:
         for name, ids in (
             ("added", self.added),
             ("moved", self.moved),
-            ("changed (zone, size or category)", self.changed),
+            ("changed (zone, size, category or gateway)", self.changed),
             ("rebound to another sensor", self.rebound),
         ):
             shown = ", ".join(ids[:5]) + (f", … ({len(ids) - 5} more)" if len(ids) > 5 else "")
@@ -319,10 +323,33 @@ def _device(
             None
             if props.get("full_mark_mm") is None
             else _positive_int(where, props, "full_mark_mm", zero=True),
+            _gateway(where, props),
         )
     else:
-        attributes = (_text(where, props, "category", "standard"),)
+        attributes = (_text(where, props, "category", "standard"), _gateway(where, props))
     return Device(index, kind, ident, lon, lat, zone, attributes, _sensor(where, props, models))
+
+
+def _gateway(where: str, props: dict[str, Any]) -> str:
+    value = props.get("gateway", DEFAULT_GATEWAY)
+    if not isinstance(value, str) or not is_valid_id(value):
+        message = f"{where}: properties.gateway {value!r} is not a valid gateway id"
+        raise _Refusal(message)
+    return value
+
+
+async def _check_gateways(conn: Connection, devices: list[Device]) -> None:
+    """Refuse devices bound to gateways the registry does not know, naming each one."""
+    named = {d.attributes[-1] for d in devices}
+    known = {row["id"] for row in await conn.fetch(REGISTERED_GATEWAYS, sorted(named))}
+    problems = [
+        f"{d.where}: properties.gateway {d.attributes[-1]!r} is not a registered gateway; "
+        f"add it with `citytel gateways add {d.attributes[-1]}`, then import again"
+        for d in devices
+        if d.attributes[-1] not in known
+    ]
+    if problems:
+        raise ConfigurationError(_refusal(problems))
 
 
 def _duplicates(key: str, values: Iterable[tuple[Device, Any]]) -> list[str]:
@@ -455,6 +482,7 @@ async def import_fleet(
 async def _import(conn: Connection, devices: list[Device], *, dry_run: bool) -> FleetImport:
     containers = [d for d in devices if d.kind == "container"]
     spots = [d for d in devices if d.kind == "spot"]
+    await _check_gateways(conn, devices)
     registry = await _registry(conn)
     _check_sensor_owners(registry, devices)
     changes = _changes(registry, devices)
