@@ -12,6 +12,8 @@ class BodyLimit:
 
     A declared Content-Length over the cap is refused before any byte of the body is read; a
     body without one (chunked) is counted as it streams in and refused as soon as it passes.
+    The connection stays open: the server skips the rest of the body without keeping it, so the
+    client reads the 413 instead of a reset connection.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -66,7 +68,6 @@ class BodyLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
                 ],
             }
         )
