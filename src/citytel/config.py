@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=65535)
     mqtt_lorawan: bool = True
+    # TLS, for an mqtts:// URL: the CA that signed the broker's certificate (else the system's),
+    # a client certificate and its key for brokers that require one, and the name the broker's
+    # certificate must carry when it is not the URL's host.
+    mqtt_tls_ca_file: Path | None = None
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    mqtt_tls_server_name: str | None = None
 
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_flush_ms: int = Field(default=100, ge=1)
@@ -183,6 +190,11 @@ class Settings(BaseSettings):
         return _broker_address(self.mqtt_url)
 
     @property
+    def mqtt_tls(self) -> bool:
+        """Whether the broker is reached over TLS (an ``mqtts://`` URL)."""
+        return urlsplit(self.mqtt_url).scheme in _TLS_SCHEMES
+
+    @property
     def profiles_dir(self) -> Path:
         """The device profiles: the configured directory, else the ones shipped with citytel."""
         if self.sensor_profiles_dir is not None:
@@ -193,8 +205,11 @@ class Settings(BaseSettings):
         return Path(__file__).resolve().parents[2] / "sensors" / "profiles"
 
 
+_TLS_SCHEMES = {"mqtts", "ssl"}
+
+
 def _broker_address(url: str) -> tuple[str, int]:
-    """Host and port of an ``mqtt://host:port`` URL; ValueError naming the setting otherwise."""
+    """Host and port of an ``mqtt[s]://host:port`` URL; ConfigurationError naming the setting."""
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -203,14 +218,14 @@ def _broker_address(url: str) -> tuple[str, int]:
         valid = False
     else:
         valid = True
-    if not valid or parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+    if not valid or parts.scheme not in {"mqtt", "tcp", *_TLS_SCHEMES} or not parts.hostname:
         # Without the URL itself: it may carry a password.
         message = (
-            "CITYTEL_MQTT_URL must look like mqtt://host:1883 (scheme mqtt, a host name, "
-            "an optional port from 1 to 65535)"
+            "CITYTEL_MQTT_URL must look like mqtt://host:1883 or, over TLS, mqtts://host:8883 "
+            "(a host name, an optional port from 1 to 65535)"
         )
         raise ConfigurationError(message)
-    return parts.hostname, port or 1883
+    return parts.hostname, port or (8883 if parts.scheme in _TLS_SCHEMES else 1883)
 
 
 @lru_cache(maxsize=1)

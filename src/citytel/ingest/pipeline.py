@@ -438,11 +438,12 @@ async def run_ingest(
     not acknowledged, and idempotent storage turns the redelivery into a no-op.
     """
     stats = IngestStats()
+    # Before waiting for the database: a TLS file that cannot be read is an error at start-up.
+    consumer = MqttConsumer(settings, subscriptions(settings))
     pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
     if pool is None:
         return stats
     decoders = Decoders.from_settings(settings)
-    consumer = MqttConsumer(settings, subscriptions(settings))
     consumer.start()
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     flush_after = settings.ingest_flush_ms / 1000
