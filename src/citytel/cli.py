@@ -13,7 +13,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from citytel.config import Settings, get_settings
+from pydantic import ValidationError
+
+from citytel.config import Settings, describe_invalid_settings, get_settings
 from citytel.errors import CitytelError
 
 log = logging.getLogger("citytel")
@@ -71,10 +73,33 @@ def _ingest(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+async def _check_database(settings: Settings) -> None:
+    """Stop a server before it starts on a database that refuses it for good or lacks tables.
+
+    A database that is merely unreachable is not a reason: the API starts, answers 503 and
+    keeps trying.
+    """
+    from citytel.errors import TransientStorageError
+    from citytel.storage.migrate import require_migrated
+    from citytel.storage.pool import create_pool
+
+    try:
+        pool = await create_pool(settings)
+    except TransientStorageError as exc:
+        log.warning("%s; starting anyway, and trying again", exc)
+        return
+    try:
+        await require_migrated(pool)
+    finally:
+        await pool.close()
+
+
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from citytel.api.app import create_app
+
+    _run(_check_database(settings))
 
     if settings.api_workers > 1:
         # Worker processes import the app themselves, each building it from the environment.
@@ -203,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``citytel`` console script."""
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        # Before logging is configured (the log level is a setting too): plain lines on stderr.
+        sys.stderr.write("".join(f"citytel: {line}\n" for line in describe_invalid_settings(exc)))
+        return 2
     _configure_logging(settings)
     handlers = {
         "migrate": _migrate,

@@ -215,8 +215,11 @@ async def ingest(settings: Settings) -> AsyncIterator[Callable[[], Awaitable[Run
 
 
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it."""
+async def serve_api(settings: Settings, *, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it.
+
+    With ``ready``, once /readyz says 200; without, as soon as it listens.
+    """
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
@@ -229,7 +232,7 @@ async def serve_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             async with asyncio.timeout(10):
-                while (await client.get("/readyz")).status_code != 200:
+                while ready and (await client.get("/readyz")).status_code != 200:
                     await asyncio.sleep(0.05)
             yield client
     finally:

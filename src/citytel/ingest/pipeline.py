@@ -15,7 +15,13 @@ import asyncpg
 from citytel.config import Settings
 from citytel.decoding.profiles import DeviceProfile, load_profiles
 from citytel.domain import DeadLetter, DecodedMessage, Reason
-from citytel.errors import IngestFailed, RejectedMessage, StorageError, TransientStorageError
+from citytel.errors import (
+    CitytelError,
+    IngestFailed,
+    RejectedMessage,
+    StorageError,
+    TransientStorageError,
+)
 from citytel.formats.chirpstack import chirpstack_subscriptions
 from citytel.formats.lorawan import decode_lorawan, is_lorawan_topic
 from citytel.formats.native import decode_native
@@ -23,6 +29,7 @@ from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
 from citytel.ingest.lorawan import PendingUplink, interpret
 from citytel.ingest.mqtt import InboundMessage, MqttConsumer
+from citytel.storage.migrate import require_migrated
 from citytel.storage.pool import wait_for_pool
 from citytel.storage.sensors import resolve_sensors
 from citytel.storage.writer import BatchOutcome, store_batch, store_dead_letters
@@ -398,6 +405,12 @@ async def run_ingest(
     pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
     if pool is None:
         return stats
+    try:
+        # Without its tables, ingest would stall at the first message: refuse at start instead.
+        await require_migrated(pool)
+    except CitytelError:
+        await pool.close()
+        raise
     decoders = Decoders.from_settings(settings)
     consumer = MqttConsumer(settings, subscriptions(settings))
     consumer.start()
