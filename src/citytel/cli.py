@@ -63,11 +63,17 @@ async def _until_signalled() -> asyncio.Event:
 
 
 def _ingest(settings: Settings, _args: argparse.Namespace) -> int:
+    from citytel.ingest.metrics import IngestMetrics
     from citytel.ingest.pipeline import run_ingest
+
+    metrics = None
+    if settings.ingest_metrics_port:
+        metrics = IngestMetrics()
+        metrics.serve(settings.ingest_metrics_host, settings.ingest_metrics_port)
 
     async def main() -> None:
         stop = await _until_signalled()
-        await run_ingest(settings, stop=stop)
+        await run_ingest(settings, stop=stop, metrics=metrics)
 
     _run(main())
     return 0

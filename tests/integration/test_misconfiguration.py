@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -273,4 +274,25 @@ def test_unreachable_database_is_retried_naming_host_and_port(
     wanted = f"database 127.0.0.1:{port}/citytel unreachable"
     output = run_until_logged(env, tmp_path / "out.log", wanted)
     assert "retrying in" in output
+    assert_no_secret(output)
+
+
+def test_metrics_port_in_use_stops_ingest_naming_the_setting(
+    pg_server_url: str, role: str, database_url: str, broker: Broker, tmp_path: Path
+) -> None:
+    """A metrics port another process holds stops ingest at start, naming the setting to change."""
+    del pg_server_url
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "CITYTEL_DATABASE_URL": as_user(database_url, role),
+            "CITYTEL_MQTT_URL": broker.url,
+            "CITYTEL_INGEST_METRICS_PORT": str(port),
+        }
+        code, output = citytel(["ingest"], env, tmp_path / "out.log")
+    assert code == 2, output
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in output
+    assert "set CITYTEL_INGEST_METRICS_PORT to a free port (0 switches metrics off)" in output
     assert_no_secret(output)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from citytel import __version__
 from citytel.api.deps import refuse_nul
 from citytel.api.live_spots import LiveSpots
+from citytel.api.metrics import ApiMetrics
 from citytel.api.routes import (
     collection,
     containers,
@@ -122,6 +123,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.live_spots = (
         LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
     )
+    ApiMetrics(app.state.live_spots).install(app)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(NotFoundError, _domain_error)
     app.add_exception_handler(InvalidQueryError, _domain_error)

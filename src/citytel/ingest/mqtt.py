@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -194,7 +194,11 @@ class _Connection(asyncio.Protocol):
 
 
 class MqttConsumer:
-    """A persistent-session, manual-ack subscriber, reconnecting by itself after any loss."""
+    """A persistent-session, manual-ack subscriber, reconnecting by itself after any loss.
+
+    Counters for logs and metrics are plain attributes: ``sessions_lost``, ``reconnects`` (by
+    cause), ``messages_received``, and the properties ``inbox_depth`` and ``in_flight_unacked``.
+    """
 
     def __init__(self, settings: Settings, subscriptions: list[str]) -> None:
         self._settings = settings
@@ -209,6 +213,10 @@ class MqttConsumer:
         self._had_session = False
         self.sessions_lost = 0
         """Reconnects on which the broker no longer had our session (messages may be lost)."""
+        self.reconnects: Counter[str] = Counter()
+        """Connections ended or attempts failed, by cause (``session taken over``, ...)."""
+        self.messages_received = 0
+        """PUBLISH packets delivered by the broker, redeliveries included."""
 
     @property
     def client_id(self) -> str:
@@ -228,6 +236,16 @@ class MqttConsumer:
     @property
     def inbox(self) -> Inbox:
         return self._inbox
+
+    @property
+    def inbox_depth(self) -> int:
+        """Messages received and not yet taken by the pipeline."""
+        return len(self._inbox)
+
+    @property
+    def in_flight_unacked(self) -> int:
+        """QoS 1 messages delivered on the current connection and not yet acknowledged."""
+        return self._current.unacked if self._current is not None else 0
 
     @property
     def connected(self) -> bool:
@@ -283,6 +301,7 @@ class MqttConsumer:
 
     def deliver(self, messages: list[InboundMessage]) -> None:
         """Called by the connection with what one read delivered."""
+        self.messages_received += len(messages)
         self._inbox.put(messages)
 
     def subscribed(self, suback: wire.SubAck) -> None:
@@ -314,20 +333,25 @@ class MqttConsumer:
         delay = _MIN_RECONNECT_S
         while True:
             why = ""
+            cause = "connection failed"
             try:
                 why = await self._session()
+                cause = "connection lost"
                 delay = _MIN_RECONNECT_S
-            except (OSError, TimeoutError, MqttProtocolError) as exc:
+            except MqttProtocolError as exc:
+                why, cause = f"{type(exc).__name__}: {exc}", "protocol error"
+            except (OSError, TimeoutError) as exc:
                 why = f"{type(exc).__name__}: {exc}"
             except Exception as exc:
                 # A bug of ours or a case nobody foresaw: say so with the traceback, and keep
                 # reconnecting rather than end ingestion silently.
                 log.exception("unexpected error in the MQTT client")
-                why = f"unexpected {type(exc).__name__}: {exc}"
+                why, cause = f"unexpected {type(exc).__name__}: {exc}", "unexpected error"
             finally:
                 self._lost()
             if self._stopping:
                 return
+            self.reconnects[cause] += 1
             host, port = self._settings.mqtt_host_port
             log.warning(
                 "broker %s:%d: connection ended (%s); reconnecting in %.1f s",

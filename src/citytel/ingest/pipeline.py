@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from citytel.formats.native import decode_native
 from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
 from citytel.ingest.lorawan import PendingUplink, interpret
+from citytel.ingest.metrics import IngestMetrics
 from citytel.ingest.mqtt import InboundMessage, MqttConsumer
 from citytel.storage.migrate import require_migrated
 from citytel.storage.pool import wait_for_pool
@@ -50,8 +52,11 @@ class IngestStats:
     batch_failures: int = 0
     ignored: int = 0
     events: int = 0
+    # time.monotonic() of the last commit; the start before the first.
+    last_commit: float = field(default_factory=time.monotonic)
 
     def add(self, messages: int, outcome: BatchOutcome) -> None:
+        self.last_commit = time.monotonic()
         self.messages += messages
         self.readings_stored += outcome.stored
         self.duplicates += outcome.duplicates
@@ -392,8 +397,11 @@ async def run_ingest(
     stop: asyncio.Event,
     subscribed: asyncio.Event | None = None,
     database_url: str | None = None,
+    metrics: IngestMetrics | None = None,
 ) -> IngestStats:
     """Consume the subscription until ``stop`` is set.
+
+    ``metrics``, when given, read this run's totals at each scrape and time each batch's commit.
 
     ``subscribed``, when given, is set once the broker has granted the subscription: from then
     on, every message published to it is ours to store.
@@ -413,6 +421,8 @@ async def run_ingest(
         raise
     decoders = Decoders.from_settings(settings)
     consumer = MqttConsumer(settings, subscriptions(settings))
+    if metrics is not None:
+        metrics.watch(stats, consumer)
     consumer.start()
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     flush_after = settings.ingest_flush_ms / 1000
@@ -426,11 +436,14 @@ async def run_ingest(
     broken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def handle(batch: list[InboundMessage]) -> None:
+        started = time.monotonic()
         try:
             outcome = await process_guarded(pool, batch, decoders, stop=stop, stats=stats)
             if outcome is not None:
                 consumer.ack(batch)
                 stats.add(len(batch), outcome)
+                if metrics is not None:
+                    metrics.commit_seconds.observe(stats.last_commit - started)
         except Exception as exc:
             # Isolating the batch failed too: this worker cannot store anything. It ends, so
             # that its supervisor restarts it, rather than stay connected holding messages.
