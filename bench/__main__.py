@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument(
+        "--no-ingest-metrics",
+        action="store_true",
+        help="ingest workers without /metrics (CITYTEL_INGEST_METRICS_PORT=0)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
     return parser
 
@@ -94,9 +99,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ingest": "citytel defaults: batch 1000, flush 100 ms, receive maximum 4000, pool 10",
             "postgres": "private cluster, defaults + shared_buffers 256MB, fsync on",
             "broker": "private Mosquitto with deploy/mosquitto.conf",
+            "ingest_metrics": not args.no_ingest_metrics,
         },
     }
-    with Services(keep=args.keep) as services:
+    with Services(keep=args.keep, ingest_metrics=not args.no_ingest_metrics) as services:
         summary["machine"] = _machine(services)
         summary["fleet"] = {"containers": CONTAINERS, "spots": SPOTS}
         log.info("importing the fleet")

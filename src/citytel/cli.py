@@ -14,7 +14,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citytel.config import Settings, get_settings
+from pydantic import ValidationError
+
+from citytel.config import Settings, describe_invalid_settings, get_settings
 from citytel.errors import CitytelError, ConfigurationError
 from citytel.settings_help import describe_settings, settings_epilog
 
@@ -68,20 +70,49 @@ async def _until_signalled() -> asyncio.Event:
 
 
 def _ingest(settings: Settings, _args: argparse.Namespace) -> int:
+    from citytel.ingest.metrics import IngestMetrics
     from citytel.ingest.pipeline import run_ingest
+
+    metrics = None
+    if settings.ingest_metrics_port:
+        metrics = IngestMetrics()
+        metrics.serve(settings.ingest_metrics_host, settings.ingest_metrics_port)
 
     async def main() -> None:
         stop = await _until_signalled()
-        await run_ingest(settings, stop=stop)
+        await run_ingest(settings, stop=stop, metrics=metrics)
 
     _run(main())
     return 0
+
+
+async def _check_database(settings: Settings) -> None:
+    """Stop a server before it starts on a database that refuses it for good or lacks tables.
+
+    A database that is merely unreachable is not a reason: the API starts, answers 503 and
+    keeps trying.
+    """
+    from citytel.errors import TransientStorageError
+    from citytel.storage.migrate import require_migrated
+    from citytel.storage.pool import create_pool
+
+    try:
+        pool = await create_pool(settings)
+    except TransientStorageError as exc:
+        log.warning("%s; starting anyway, and trying again", exc)
+        return
+    try:
+        await require_migrated(pool)
+    finally:
+        await pool.close()
 
 
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from citytel.api.app import create_app
+
+    _run(_check_database(settings))
 
     if settings.api_workers > 1:
         # Worker processes import the app themselves, each building it from the environment.
@@ -492,7 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``citytel`` console script."""
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        # Before logging is configured (the log level is a setting too): plain lines on stderr.
+        sys.stderr.write("".join(f"citytel: {line}\n" for line in describe_invalid_settings(exc)))
+        return 2
     _configure_logging(settings)
     handlers = {
         "migrate": _migrate,

@@ -408,7 +408,7 @@ class MqttConsumer:
     """A persistent-session, manual-ack subscriber, reconnecting by itself after any loss.
 
     Counters for logs and metrics are plain attributes: ``sessions_lost``, ``reconnects`` (by
-    cause), and the properties ``inbox_depth`` and ``in_flight_unacked``.
+    cause), ``messages_received``, and the properties ``inbox_depth`` and ``in_flight_unacked``.
     """
 
     def __init__(self, settings: Settings, subscriptions: list[str]) -> None:
@@ -429,6 +429,8 @@ class MqttConsumer:
         """Reconnects on which the broker no longer had our session (messages may be lost)."""
         self.reconnects: Counter[str] = Counter()
         """Connections ended or attempts failed, by cause (``session taken over``, ...)."""
+        self.messages_received = 0
+        """PUBLISH packets delivered by the broker, redeliveries included."""
 
     @property
     def client_id(self) -> str:
@@ -519,6 +521,7 @@ class MqttConsumer:
 
     def deliver(self, messages: list[InboundMessage]) -> None:
         """Called by the connection with what one read delivered."""
+        self.messages_received += len(messages)
         self._inbox.put(messages)
 
     def _pause(self) -> None:
