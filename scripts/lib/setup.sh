@@ -50,13 +50,20 @@ PY
 
 # Who holds a lock file, for the waiting message ("" when it cannot be told).
 lock_holder() {
-  local pid
-  for pid in /proc/[0-9]*; do
-    if ls -l "$pid/fd" 2>/dev/null | grep -q -- "-> $1\$"; then
-      printf '%s (pid %s)' "$(tr '\0' ' ' < "$pid/cmdline" | cut -c1-60)" "${pid#/proc/}"
-      return
-    fi
-  done
+  command -v python3 >/dev/null || return 0
+  python3 - "$1" <<'PY' || true
+import os, sys
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        if any(os.readlink(f"/proc/{pid}/fd/{fd}") == sys.argv[1] for fd in fds):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            print(f"{command[:60]} (pid {pid})", end="")
+            break
+    except OSError:
+        continue
+PY
 }
 
 # wait_for_locks LOCK...: wait up to APT_LOCK_WAIT_S seconds while another install holds them.
@@ -100,9 +107,10 @@ apt_install() {
 # The configuration file of the process listening on a TCP port ("" when it cannot be told).
 listener_config() {
   local pid conf
-  pid=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2)
+  # Nothing found is an answer, not a failure (no process shown, not ours to see, no -c).
+  pid=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2 || true)
   [ -n "$pid" ] || return 0
-  conf=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -A1 -x -- '-c' | tail -n 1)
+  conf=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -A1 -x -- '-c' | tail -n 1 || true)
   [ -n "$conf" ] || return 0
   case $conf in /*) ;; *) conf="/proc/$pid/cwd/$conf" ;; esac
   printf '%s' "$conf"

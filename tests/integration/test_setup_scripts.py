@@ -59,7 +59,7 @@ def lock_held(path: Path, seconds: float) -> Iterator[None]:
 def test_setup_waits_for_the_package_lock_and_goes_on(tmp_path: Path) -> None:
     """A lock held for a few seconds by another install: the script says so, waits, goes on."""
     lock = tmp_path / "lock-frontend"
-    with lock_held(lock, 3):
+    with lock_held(lock, 6):
         done = setup_sh(f'wait_for_locks "{lock}"; echo went-on', APT_LOCK_WAIT_S="60")
     assert done.returncode == 0, done.stderr
     assert "another package install is running" in done.stdout
@@ -88,6 +88,12 @@ def test_a_failing_step_ends_with_what_to_do() -> None:
     assert done.returncode == 1
     assert "after" not in done.stdout
     assert done.stderr.strip().splitlines()[-1].endswith("set-up failed: doing a thing: do the fix")
+
+
+def test_a_port_nobody_listens_on_has_no_broker_configuration() -> None:
+    """Asking which configuration a free port's broker runs is an empty answer, not a failure."""
+    done = setup_sh(f'trap on_failure ERR; echo "[$(listener_config {free_port()})]"')
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "[]", "")
 
 
 def test_a_foreign_broker_is_not_used_and_citytels_own_runs_beside_it(tmp_path: Path) -> None:
