@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["drain", "steady", "api", "profile"],
         help="run only these scenarios (repeatable)",
     )
+    parser.add_argument(
+        "--api-query",
+        action="append",
+        choices=["parking", "containers"],
+        help="with the api scenario, only these endpoints (repeatable; default both)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
         "--no-ingest-metrics",
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 concurrency=args.concurrency,
                 duration=api_s,
                 warmup=2.0 if args.quick else 3.0,
+                queries=tuple(args.api_query or ("parking", "containers")),
             )
     summary["targets"] = report.verdicts(summary)
     summary["elapsed_s"] = round(time.monotonic() - started, 1)

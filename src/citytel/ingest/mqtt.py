@@ -749,12 +749,15 @@ class MqttConsumer:
             log.warning("%d unacknowledged messages will be redelivered", dropped)
 
 
-async def probe_broker(settings: Settings, *, within: float = 2.0) -> str | None:
+async def probe_broker(
+    settings: Settings, *, within: float = 2.0, client_id: str | None = None
+) -> str | None:
     """Check that the broker accepts an MQTT connection; None when it does, else why not.
 
     A bare CONNECT/CONNACK exchange with a clean session that ends with the connection: it
     proves more than an open TCP port (and, for ``mqtts://``, that TLS is set up on both
-    sides), and leaves nothing behind on the broker.
+    sides), and leaves nothing behind on the broker. Given the ``client_id`` of a persistent
+    session, the clean start ends that session (what the demo does to its own on a clean exit).
     """
     host, port = settings.mqtt_host_port
     try:
@@ -764,7 +767,7 @@ async def probe_broker(settings: Settings, *, within: float = 2.0) -> str | None
     password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
     # A client id of its own: a shared one would make concurrent probes disconnect each other.
     packet = wire.encode_connect(
-        f"citytel-probe-{secrets.token_hex(6)}",
+        client_id or f"citytel-probe-{secrets.token_hex(6)}",
         keepalive=10,
         clean_start=True,
         username=settings.mqtt_username,
