@@ -1,4 +1,4 @@
-"""The ``citytel`` command: migrate, ingest, api, simulate, fleet, demo."""
+"""The ``citytel`` command: migrate, ingest, api, simulate, fleet, demo, nats."""
 
 from __future__ import annotations
 
@@ -66,6 +66,23 @@ def _ingest(settings: Settings, _args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = await _until_signalled()
         await run_ingest(settings, stop=stop)
+
+    _run(main())
+    return 0
+
+
+def _nats_setup(settings: Settings, args: argparse.Namespace) -> int:
+    from citytel.ingest.jetstream import setup_stream
+
+    async def main() -> None:
+        report = await setup_stream(settings, update=args.update)
+        for verb, things in (
+            ("created", report.created),
+            ("updated", report.updated),
+            ("matches the settings", report.unchanged),
+        ):
+            for thing in things:
+                log.info("%s: %s", thing, verb)
 
     _run(main())
     return 0
@@ -194,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--containers", type=int, default=2000)
     generate.add_argument("--spots", type=int, default=5000)
 
+    nats = commands.add_parser("nats", help="the NATS JetStream stream ingest reads from")
+    nats_commands = nats.add_subparsers(dest="nats_command", required=True, metavar="ACTION")
+    nats_setup = nats_commands.add_parser(
+        "setup", help="create the stream and consumer, or check them against the settings"
+    )
+    nats_setup.add_argument(
+        "--update", action="store_true", help="change an existing stream or consumer to match"
+    )
+
     demo = commands.add_parser("demo", help="migrate, import the demo fleet, run everything")
     demo.add_argument("--rate", type=float, default=300, help="simulated messages per second")
     demo.add_argument("--speedup", type=float, default=60, help="simulated seconds per second")
@@ -211,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "api": _api,
         "simulate": _simulate,
         "demo": _demo,
+        "nats": _nats_setup,
     }
     try:
         if args.command == "fleet":

@@ -15,10 +15,18 @@ from citytel.config import Settings
 class IngestProcess:
     """One ``citytel ingest`` worker with a given identity, logging to a file."""
 
-    def __init__(self, settings: Settings, log: Path, *, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log: Path,
+        *,
+        client_id: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.log = log
         self.client_id = client_id or settings.mqtt_client_id
+        self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def _env(self) -> dict[str, str]:
@@ -33,6 +41,7 @@ class IngestProcess:
             "CITYTEL_INGEST_BATCH_SIZE": "200",
             "CITYTEL_INGEST_FLUSH_MS": "20",
             "CITYTEL_INGEST_STATS_INTERVAL_S": "1",
+            **self.extra_env,
         }
 
     def start(self, within: float = 20.0) -> None:

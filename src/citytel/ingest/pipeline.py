@@ -22,7 +22,8 @@ from citytel.formats.native import decode_native
 from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
 from citytel.ingest.lorawan import PendingUplink, interpret
-from citytel.ingest.mqtt import InboundMessage, MqttConsumer
+from citytel.ingest.mqtt import InboundMessage
+from citytel.ingest.source import Source, open_source
 from citytel.storage.pool import wait_for_pool
 from citytel.storage.sensors import resolve_sensors
 from citytel.storage.writer import BatchOutcome, store_batch, store_dead_letters
@@ -373,7 +374,7 @@ async def _report(stats: IngestStats, every: float) -> None:
         log.info("ingest: %s", stats.summary())
 
 
-async def _announce(consumer: MqttConsumer, subscribed: asyncio.Event | None) -> None:
+async def _announce(consumer: Source, subscribed: asyncio.Event | None) -> None:
     await consumer.wait_subscribed()
     if subscribed is not None:
         subscribed.set()
@@ -399,7 +400,14 @@ async def run_ingest(
     if pool is None:
         return stats
     decoders = Decoders.from_settings(settings)
-    consumer = MqttConsumer(settings, subscriptions(settings))
+
+    async def dead_letter(letters: list[DeadLetter]) -> BatchOutcome | None:
+        outcome = await _store_letters_with_retry(pool, letters, stop=stop, stats=stats)
+        if outcome is not None:
+            stats.dead_letters.update(outcome.dead_letters)
+        return outcome
+
+    consumer = open_source(settings, subscriptions(settings), dead_letter)
     consumer.start()
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     flush_after = settings.ingest_flush_ms / 1000
@@ -411,6 +419,13 @@ async def run_ingest(
     reporter = asyncio.ensure_future(_report(stats, settings.ingest_stats_interval_s))
 
     broken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def source_failed(done: asyncio.Future[None]) -> None:
+        # A source that cannot start (a JetStream consumer that does not exist) ends ingest.
+        if not done.cancelled() and done.exception() is not None and not broken.done():
+            broken.set_exception(done.exception())  # type: ignore[arg-type]
+
+    announce.add_done_callback(source_failed)
 
     async def handle(batch: list[InboundMessage]) -> None:
         try:
