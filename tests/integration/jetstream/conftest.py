@@ -47,6 +47,7 @@ def settings(nats_cluster: NatsCluster, database_url: str) -> Settings:
         nats_max_bytes=256 * 1024**2,
         # Short, so that a dead worker's messages come back within the test.
         nats_ack_wait_s=3,
+        nats_max_deliver=3,
         ingest_flush_ms=20,
         ingest_batch_size=200,
         ingest_stats_interval_s=3600,
@@ -148,6 +149,7 @@ def jetstream_env(settings: Settings) -> dict[str, str]:
         "CITYTEL_NATS_DURABLE": settings.nats_durable,
         "CITYTEL_NATS_REPLICAS": str(settings.nats_replicas),
         "CITYTEL_NATS_ACK_WAIT_S": str(settings.nats_ack_wait_s),
+        "CITYTEL_NATS_MAX_DELIVER": str(settings.nats_max_deliver),
         "CITYTEL_NATS_MAX_BYTES": str(settings.nats_max_bytes),
     }
 
