@@ -63,6 +63,9 @@ cluster {{
 }}
 mqtt {{
   listen: 127.0.0.1:{self.mqtt_port}
+  # Explicit: left alone, the MQTT streams take the replicas of the nodes known when the first
+  # client connects, and an R2 stream stalls every QoS 1 publish when one of its two nodes dies.
+  stream_replicas: {len(peers)}
 }}
 """
         path = self.workdir / "nats.conf"
