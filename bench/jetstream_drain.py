@@ -13,6 +13,7 @@ import shutil
 import time
 from typing import Any
 
+from tests.integration.nats_cluster import jetstream_env
 from tests.integration.services import free_port, wait_for_port
 
 from bench.database import dead_letters, reset, wait_for_count
@@ -34,17 +35,6 @@ def _settings(url: str, label: str) -> Settings:
         mqtt_lorawan=False,
         nats_max_bytes=4 * 1024**3,
     )
-
-
-def _worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        "CITYTEL_INGEST_SOURCE": "jetstream",
-        "CITYTEL_NATS_URL": settings.nats_url,
-        "CITYTEL_NATS_STREAM": settings.nats_stream,
-        "CITYTEL_NATS_DURABLE": settings.nats_durable,
-        "CITYTEL_NATS_MAX_BYTES": str(settings.nats_max_bytes),
-        "CITYTEL_MQTT_LORAWAN": "false",
-    }
 
 
 async def _fill(settings: Settings, workload: Workload, count: int) -> float:
@@ -140,7 +130,7 @@ def drain_citytel(
         services.worker(settings.mqtt_topic_root, f"bench-{label}-{i}") for i in range(workers)
     ]
     for worker in procs:
-        worker.env.update(_worker_env(settings))
+        worker.env.update(jetstream_env(settings))
     for worker in procs:
         worker.start(wait=False)
     try:

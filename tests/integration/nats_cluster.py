@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from citytel.config import Settings
 from tests.integration.services import free_port, wait_for_port
 
 
@@ -151,3 +152,18 @@ def running_nats_cluster(size: int = 3) -> Iterator[NatsCluster]:
     finally:
         cluster.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def jetstream_env(settings: Settings) -> dict[str, str]:
+    """The environment a ``citytel ingest`` process needs to read this test's stream."""
+    return {
+        "CITYTEL_INGEST_SOURCE": "jetstream",
+        "CITYTEL_NATS_URL": settings.nats_url,
+        "CITYTEL_NATS_STREAM": settings.nats_stream,
+        "CITYTEL_NATS_DURABLE": settings.nats_durable,
+        "CITYTEL_NATS_REPLICAS": str(settings.nats_replicas),
+        "CITYTEL_NATS_ACK_WAIT_S": str(settings.nats_ack_wait_s),
+        "CITYTEL_NATS_MAX_DELIVER": str(settings.nats_max_deliver),
+        "CITYTEL_NATS_MAX_BYTES": str(settings.nats_max_bytes),
+        "CITYTEL_MQTT_LORAWAN": str(settings.mqtt_lorawan).lower(),
+    }

@@ -140,20 +140,6 @@ async def bridge_publish(settings: Settings, messages: list[SimulatedMessage]) -
         await nc.close()
 
 
-def jetstream_env(settings: Settings) -> dict[str, str]:
-    """The environment a ``citytel ingest`` process needs to read this test's stream."""
-    return {
-        "CITYTEL_INGEST_SOURCE": "jetstream",
-        "CITYTEL_NATS_URL": settings.nats_url,
-        "CITYTEL_NATS_STREAM": settings.nats_stream,
-        "CITYTEL_NATS_DURABLE": settings.nats_durable,
-        "CITYTEL_NATS_REPLICAS": str(settings.nats_replicas),
-        "CITYTEL_NATS_ACK_WAIT_S": str(settings.nats_ack_wait_s),
-        "CITYTEL_NATS_MAX_DELIVER": str(settings.nats_max_deliver),
-        "CITYTEL_NATS_MAX_BYTES": str(settings.nats_max_bytes),
-    }
-
-
 async def stream_leader(js: JetStreamContext, settings: Settings) -> str:
     """The name of the node that leads the stream now."""
     info = await js.stream_info(settings.nats_stream)

@@ -16,8 +16,8 @@ from simulators.fleet import Fleet as SimFleet
 from simulators.stream import SimulatedMessage, ground_truth
 from tests.integration.conftest import count_readings, stream, wait_until
 from tests.integration.faults.test_faults import FAULTY, settle
-from tests.integration.jetstream.conftest import bridge_publish, jetstream_env, stream_leader
-from tests.integration.nats_cluster import NatsCluster
+from tests.integration.jetstream.conftest import bridge_publish, stream_leader
+from tests.integration.nats_cluster import NatsCluster, jetstream_env
 from tests.integration.processes import IngestProcess
 from tests.integration.services import PgCluster
 
