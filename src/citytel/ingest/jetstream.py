@@ -24,6 +24,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError as JsNotFoundError
@@ -96,14 +97,26 @@ async def connect(settings: Settings, *, name: str, reconnect: bool = True) -> N
         "servers": server_urls(settings),
         "name": name,
         "allow_reconnect": reconnect,
-        "max_reconnect_attempts": -1 if reconnect else 0,
+        # -1: forever; otherwise one more try of each node, then NoServersError.
+        "max_reconnect_attempts": -1 if reconnect else 1,
         "reconnect_time_wait": _RETRY_S,
         "connect_timeout": 2,
+        "error_cb": _connection_error,
+        "reconnected_cb": _reconnected,
     }
     if settings.nats_username:
         options["user"] = settings.nats_username
         options["password"] = password
     return await nats.connect(**options)
+
+
+async def _connection_error(exc: Exception) -> None:
+    # One line, not the client library's traceback: a node being away is an expected event.
+    log.warning("NATS connection: %s", exc or type(exc).__name__)
+
+
+async def _reconnected() -> None:
+    log.info("reconnected to NATS")
 
 
 def stream_config(settings: Settings) -> js_api.StreamConfig:
@@ -142,19 +155,19 @@ def consumer_config(settings: Settings) -> js_api.ConsumerConfig:
 
 _STREAM_CHECKS = {
     "subjects": "CITYTEL_MQTT_TOPIC_ROOT / CITYTEL_MQTT_LORAWAN",
-    "retention": "(always workqueue)",
-    "storage": "(always file)",
+    "retention": "always workqueue",
+    "storage": "always file",
     "num_replicas": "CITYTEL_NATS_REPLICAS",
     "max_age": "CITYTEL_NATS_MAX_AGE_S",
     "max_bytes": "CITYTEL_NATS_MAX_BYTES",
     "max_msgs": "CITYTEL_NATS_MAX_MSGS",
-    "discard": "(always new)",
+    "discard": "always new",
     "duplicate_window": "CITYTEL_NATS_DUPLICATE_WINDOW_S",
 }
 _CONSUMER_CHECKS = {
-    "ack_policy": "(always explicit)",
+    "ack_policy": "always explicit",
     "ack_wait": "CITYTEL_NATS_ACK_WAIT_S",
-    "max_deliver": "(always unlimited)",
+    "max_deliver": "always unlimited",
     "max_ack_pending": "CITYTEL_NATS_MAX_ACK_PENDING",
 }
 
@@ -166,7 +179,7 @@ def _differences(found: Any, wanted: Any, checks: dict[str, str]) -> list[str]:
         if name == "subjects":
             have, want = sorted(have or []), sorted(want or [])
         if have != want:
-            out.append(f"{name} is {have!r}, the settings say {want!r} {setting}")
+            out.append(f"{name} is {have!r}, the settings say {want!r} ({setting})")
     return out
 
 
@@ -186,7 +199,15 @@ async def setup_stream(settings: Settings, *, update: bool = False) -> SetupRepo
         ConfigurationError: an existing stream or consumer differs from the settings (and
             ``update`` was not asked, or the server refused the update); names each difference.
     """
-    nc = await connect(settings, name="citytel-setup", reconnect=False)
+    try:
+        nc = await connect(settings, name="citytel-setup", reconnect=False)
+    except (OSError, NatsError) as exc:
+        # Without the URLs: they may carry credentials.
+        message = (
+            f"cannot reach any NATS server of CITYTEL_NATS_URL ({type(exc).__name__}); "
+            "check that the cluster runs and the URL's hosts and ports"
+        )
+        raise ConfigurationError(message) from exc
     try:
         return await _setup(nc.jetstream(), settings, update=update)
     finally:
