@@ -139,6 +139,14 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -
     conn.execute(*record)
 
 
+# The continuous aggregates of migrations/0009_history_aggregates.sql, which the API reads.
+HISTORY_AGGREGATES = (
+    "waste_fill_hourly",
+    "parking_occupancy_hourly",
+    "waste_fill_daily",
+    "parking_occupancy_daily",
+)
+
 _FIND_JOB = (
     "SELECT job_id, config FROM timescaledb_information.jobs"
     " WHERE proc_name = %s AND hypertable_name = %s"
@@ -202,14 +210,18 @@ def _apply_timescale_policies(
             changed.append(f"{table}: retention")
     # The refresh policies of 0003 looked back 3 days: a reading arriving later never reached
     # its bucket. Looking back over the whole retention period costs little, because a refresh
-    # re-materialises only the buckets TimescaleDB logged as changed by late inserts.
-    for view in ("waste_fill_hourly", "parking_occupancy_hourly"):
+    # re-materialises only the buckets TimescaleDB logged as changed by late inserts; and it never
+    # reaches back past the raw readings' retention, where it would empty the buckets the
+    # aggregates keep longer (CITYTEL_TIMESCALE_AGGREGATE_RETENTION).
+    for view in HISTORY_AGGREGATES:
         found = conn.execute(
             "SELECT 1 FROM timescaledb_information.continuous_aggregates"
             " WHERE view_schema = 'public' AND view_name = %s",
             (view,),
         ).fetchone()
-        if found is not None and _keep_policy(
+        if found is None:
+            continue
+        if _keep_policy(
             conn,
             view,
             "policy_refresh_continuous_aggregate",
@@ -219,7 +231,44 @@ def _apply_timescale_policies(
             " end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes')",
         ):
             changed.append(f"{view}: refresh")
+        if _keep_policy(
+            conn,
+            view,
+            "policy_retention",
+            "drop_after",
+            settings.timescale_aggregate_retention,
+            "SELECT add_retention_policy(%s::regclass, %s::interval)",
+        ):
+            changed.append(f"{view}: retention")
     return changed
+
+
+def _apply_roles(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> None:
+    # After every run: the aggregates exist only once TimescaleDB is there, and a password is a
+    # setting, not a migration.
+    roles = {
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname IN ('citytel_ingest', 'citytel_api')"
+        ).fetchall()
+    }
+    if "citytel_api" in roles:
+        for view in HISTORY_AGGREGATES:
+            if conn.execute("SELECT to_regclass(%s)", (view,)).fetchone() != (None,):
+                conn.execute(
+                    sql.SQL("GRANT SELECT ON {} TO citytel_api").format(sql.Identifier(view))
+                )
+    passwords = {
+        "citytel_ingest": settings.database_ingest_password,
+        "citytel_api": settings.database_api_password,
+    }
+    for role, password in passwords.items():
+        if role in roles and password is not None:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password.get_secret_value())
+                )
+            )
 
 
 def migrate(settings: Settings, *, database_url: str | None = None) -> MigrationReport:
@@ -273,17 +322,19 @@ def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -
             _apply(conn, migration)
             applied.append(migration.name)
         changed: list[str] = []
+        _apply_roles(conn, settings)
         if timescale:
             changed = _apply_timescale_policies(conn, settings)
             version = conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
             ).fetchone()
             log.info(
-                "TimescaleDB %s: readings in hypertables with compression after %s, retention %s"
-                " and hourly continuous aggregates",
+                "TimescaleDB %s: readings in hypertables with compression after %s, retention %s;"
+                " hourly and daily continuous aggregates kept %s",
                 version[0] if version else "?",
                 settings.timescale_compress_after,
                 settings.timescale_retention,
+                settings.timescale_aggregate_retention,
             )
         else:
             log.info(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from citytel.errors import NotFoundError
-from citytel.storage.pool import connection
+from citytel.storage.pool import Connection, connection
 
 _CONTAINER_COLUMNS = """
     c.id, c.zone, c.capacity_l, c.depth_mm, c.waste_kind,
@@ -17,11 +17,27 @@ _CONTAINER_COLUMNS = """
     l.cycle_started_at, l.cycle_start_fill_pct, l.last_cycle_rate_pct_h
 """
 
-_CONTAINER_FILTER = """
+
+def _in_box(location: str, first: int) -> str:
+    """SQL: ``location`` lies in the box of parameters ``$first`` to ``$first+3`` (GeoJSON order).
+
+    Plain longitude and latitude comparisons, not a geography envelope: PostGIS draws a geography
+    box's edges as great circles, which turns a box wider than a hemisphere inside out (and the
+    whole world into an error). min_lon > max_lon is a box across the antimeridian.
+    """
+    min_lon, min_lat, max_lon, max_lat = (f"${first + i}" for i in range(4))
+    lon, lat = f"ST_X({location}::geometry)", f"ST_Y({location}::geometry)"
+    return (
+        f"({lat} BETWEEN {min_lat} AND {max_lat} AND CASE WHEN {min_lon} <= {max_lon}"
+        f" THEN {lon} BETWEEN {min_lon} AND {max_lon}"
+        f" ELSE {lon} >= {min_lon} OR {lon} <= {max_lon} END)"
+    )
+
+
+_CONTAINER_FILTER = f"""
 WHERE ($1::text IS NULL OR c.zone = $1)
   AND ($2::float8 IS NULL OR l.fill_pct >= $2)
-  AND ($3::float8 IS NULL
-       OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
+  AND ($3::float8 IS NULL OR {_in_box("c.location", 3)})
 """
 
 # The page and the total are two queries: a window count would make every match be joined,
@@ -45,13 +61,12 @@ LEFT JOIN container_latest l ON l.container_id = c.id
 # The same list when a fill threshold is given (dispatch's question): only containers with a
 # fill level can match, so the walk starts from container_latest in the order of its index
 # (migrations/0008_fill_order.sql) and stops after the page. $2 is never NULL here.
-_FULL_ENOUGH = """
+_FULL_ENOUGH = f"""
 FROM container_latest l
 JOIN containers c ON c.id = l.container_id
 WHERE l.fill_pct >= $2
   AND ($1::text IS NULL OR c.zone = $1)
-  AND ($3::float8 IS NULL
-       OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
+  AND ($3::float8 IS NULL OR {_in_box("c.location", 3)})
 """
 
 LIST_FULL_CONTAINERS = f"""
@@ -74,8 +89,7 @@ FROM containers c
 JOIN container_latest l ON l.container_id = c.id
 WHERE l.fill_pct IS NOT NULL
   AND ($1::text IS NULL OR c.zone = $1)
-  AND ($2::float8 IS NULL
-       OR ST_Intersects(c.location, ST_MakeEnvelope($2, $3, $4, $5, 4326)::geography))
+  AND ($2::float8 IS NULL OR {_in_box("c.location", 2)})
 """  # noqa: S608
 
 GET_CONTAINER = f"""
@@ -93,17 +107,80 @@ ORDER BY ts
 LIMIT $4
 """
 
-# date_bin rather than TimescaleDB's time_bucket: the same query runs on plain PostgreSQL.
-CONTAINER_READINGS_BUCKETED = """
-SELECT date_bin($4::interval, ts, TIMESTAMPTZ '2000-01-01') AS ts,
-       avg(fill_pct)::float8 AS fill_pct, min(fill_pct) AS min_fill_pct,
-       max(fill_pct) AS max_fill_pct, avg(battery_pct)::float8 AS battery_pct,
-       avg(temperature_c)::float8 AS temperature_c, count(*) AS readings
+# History per bucket reads rows of one shape, ``(device, bucket, sums and counts)``: from the
+# hourly or daily continuous aggregates (migrations/0009_history_aggregates.sql) when the bucket
+# is a whole number of their buckets, or from the raw readings, each a bucket of one. The same
+# outer query combines either, and every sum is a numeric sum, exact, so both give the same
+# answer to the last bit. date_bin rather than TimescaleDB's time_bucket: the same query runs on
+# plain PostgreSQL, where only the raw readings exist. Its origin is a UTC midnight, as
+# time_bucket's hours and days are.
+_WASTE_RAW = """
+SELECT container_id, ts AS bucket, fill_pct::numeric AS fill_sum, fill_pct AS min_fill_pct,
+       fill_pct AS max_fill_pct, 1::bigint AS readings, battery_pct::numeric AS battery_sum,
+       (battery_pct IS NOT NULL)::int::bigint AS battery_readings,
+       temperature_c::numeric AS temperature_sum,
+       (temperature_c IS NOT NULL)::int::bigint AS temperature_readings
 FROM waste_readings
-WHERE container_id = $1 AND ts >= $2 AND ts < $3
+"""
+
+_WASTE_BUCKETS = """
+SELECT date_bin($4::interval, h.bucket, TIMESTAMPTZ '2000-01-01') AS ts,
+       (sum(h.fill_sum) / sum(h.readings))::float8 AS fill_pct,
+       min(h.min_fill_pct) AS min_fill_pct, max(h.max_fill_pct) AS max_fill_pct,
+       (sum(h.battery_sum) / nullif(sum(h.battery_readings), 0))::float8 AS battery_pct,
+       (sum(h.temperature_sum) / nullif(sum(h.temperature_readings), 0))::float8 AS temperature_c,
+       sum(h.readings)::bigint AS readings
+FROM ({source}) h
+WHERE h.container_id = $1 AND h.bucket >= $2 AND h.bucket < $3
 GROUP BY 1
 ORDER BY 1
 """
+
+_PARKING_RAW = """
+SELECT spot_id, ts AS bucket, occupied::int::bigint AS occupied_readings, 1::bigint AS readings
+FROM parking_readings
+"""
+
+# A zone's occupancy per bucket: each reporting spot's share of readings that said occupied,
+# averaged over the spots (so a chatty sensor weighs no more than a quiet one).
+_ZONE_OCCUPANCY = """
+WITH per_spot AS (
+    SELECT h.spot_id, date_bin($4::interval, h.bucket, TIMESTAMPTZ '2000-01-01') AS ts,
+           sum(h.occupied_readings) AS occupied, sum(h.readings) AS readings
+    FROM ({source}) h
+    JOIN parking_spots s ON s.id = h.spot_id
+    WHERE s.zone = $1 AND h.bucket >= $2 AND h.bucket < $3
+    GROUP BY 1, 2
+)
+SELECT ts, avg(occupied / readings)::float8 AS occupied_ratio, count(*) AS spots_reporting,
+       sum(readings)::bigint AS readings
+FROM per_spot
+GROUP BY ts
+ORDER BY ts
+"""
+
+_HISTORY_SOURCES = {
+    "raw": (_WASTE_RAW, _PARKING_RAW),
+    "hourly": (
+        "SELECT * FROM waste_fill_hourly",
+        "SELECT spot_id, bucket, occupied_readings, readings FROM parking_occupancy_hourly",
+    ),
+    "daily": (
+        "SELECT * FROM waste_fill_daily",
+        "SELECT spot_id, bucket, occupied_readings, readings FROM parking_occupancy_daily",
+    ),
+}
+CONTAINER_BUCKETS = {
+    name: _WASTE_BUCKETS.format(source=waste) for name, (waste, _) in _HISTORY_SOURCES.items()
+}
+ZONE_OCCUPANCY = {
+    name: _ZONE_OCCUPANCY.format(source=parking) for name, (_, parking) in _HISTORY_SOURCES.items()
+}
+
+# The aggregates exist where migrations/0009_history_aggregates.sql was applied (TimescaleDB).
+HAS_AGGREGATES = "SELECT to_regclass('public.waste_fill_daily') IS NOT NULL"
+
+ZONE_SPOT_COUNT = "SELECT count(*) FROM parking_spots WHERE zone = $1"
 
 _SPOT_COLUMNS = """
     s.id, s.zone, s.category,
@@ -352,6 +429,40 @@ async def get_container(pool: asyncpg.Pool, container_id: str) -> asyncpg.Record
     return row
 
 
+# date_bin's origin in the history queries.
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def history_source(*, start: datetime, end: datetime, bucket: timedelta, aggregates: bool) -> str:
+    """Where buckets of ``bucket`` over ``[start, end)`` are read from: ``daily``, ``hourly``
+    (continuous aggregates, when ``aggregates``) or ``raw``.
+
+    An aggregate serves when the bucket is a whole number of its buckets and the range starts
+    and ends on its bucket boundaries (UTC), so that it covers exactly the same readings.
+    """
+    if not aggregates:
+        return "raw"
+    for name, size in (("daily", timedelta(days=1)), ("hourly", timedelta(hours=1))):
+        if bucket % size == timedelta(0) and all(
+            (t - _ORIGIN) % size == timedelta(0) for t in (start, end)
+        ):
+            return name
+    return "raw"
+
+
+async def _history(
+    conn: Connection,
+    by_source: dict[str, str],
+    key: str,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+) -> list[asyncpg.Record]:
+    aggregates = bool(await conn.fetchval(HAS_AGGREGATES))
+    source = history_source(start=start, end=end, bucket=bucket, aggregates=aggregates)
+    return await conn.fetch(by_source[source], key, start, end, bucket)
+
+
 async def container_readings(
     pool: asyncpg.Pool,
     container_id: str,
@@ -361,7 +472,10 @@ async def container_readings(
     bucket: timedelta | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """A container's readings in ``[start, end)``, raw or averaged per bucket.
+    """A container's readings in ``[start, end)``, raw or combined per bucket.
+
+    Buckets come from the continuous aggregates where they can (see :func:`history_source`),
+    from the raw readings otherwise: the same answer either way.
 
     Raises:
         NotFoundError: no such container.
@@ -372,7 +486,27 @@ async def container_readings(
             raise NotFoundError(what="container", key=container_id)
         if bucket is None:
             return await conn.fetch(CONTAINER_READINGS, container_id, start, end, limit)
-        return await conn.fetch(CONTAINER_READINGS_BUCKETED, container_id, start, end, bucket)
+        return await _history(conn, CONTAINER_BUCKETS, container_id, start, end, bucket)
+
+
+async def zone_occupancy(
+    pool: asyncpg.Pool,
+    zone: str,
+    *,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+) -> list[asyncpg.Record]:
+    """A zone's parking occupancy per bucket in ``[start, end)``: occupied ratio, spots
+    reporting, readings. From the aggregates where they can serve, as container_readings.
+
+    Raises:
+        NotFoundError: the zone has no parking spot.
+    """
+    async with connection(pool) as conn:
+        if await conn.fetchval(ZONE_SPOT_COUNT, zone) == 0:
+            raise NotFoundError(what="parking zone", key=zone)
+        return await _history(conn, ZONE_OCCUPANCY, zone, start, end, bucket)
 
 
 async def free_spots_near_json(
