@@ -3,10 +3,11 @@
     python -m bench            # full run: 200,000-reading drains, 30 s steady, 20 s per API load
     python -m bench --quick    # smoke run: 20,000 readings, 10 s steady, 5 s per API load
 
-It starts its own Mosquitto (the project's ``deploy/mosquitto.conf``) and its own PostgreSQL
-cluster on free ports on 127.0.0.1, imports a generated fleet of 50,000 spots and 20,000
-containers, runs every scenario with its baseline, and stops everything on exit. The summary is
-printed and written to ``bench/results/latest.json``, the chart to ``bench/results/``.
+It starts its own Mosquitto (the project's ``deploy/mosquitto.conf``), its own PostgreSQL
+cluster and, for the JetStream drain, its own ``nats-server`` on free ports on 127.0.0.1, imports
+a generated fleet of 50,000 spots and 20,000 containers, runs every scenario with its baseline,
+and stops everything on exit. The summary is printed and written to
+``bench/results/latest.json``, the chart to ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, drain, profile, report, steady
+from bench import api_load, drain, jetstream_drain, profile, report, steady
 from bench.database import import_fleet
 from bench.load import build_workload
 from bench.services import REPO, Services
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["drain", "steady", "api", "profile"],
+        choices=["drain", "jetstream", "steady", "api", "profile"],
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = args.messages or (20_000 if args.quick else 200_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
-    only = set(args.only or ["drain", "steady", "api", "profile"])
+    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile"])
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
 
     started = time.monotonic()
@@ -118,6 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             summary["drain"] = drain.run(
                 services, workload, count=count, publishers=args.publishers
             )
+        if "jetstream" in only:
+            log.info("jetstream drain: %d readings, a bare consumer, one and two workers", count)
+            summary["jetstream_drain"] = jetstream_drain.run(services, workload, count=count)
         if "profile" in only:
             log.info("profile: a drain of %d readings under py-spy", count)
             summary["profile"] = _profile(services, workload, count, args.publishers)

@@ -45,6 +45,11 @@ if [ -x "$TIMESCALEDB_BUNDLE/install.sh" ] || [ -f "$TIMESCALEDB_BUNDLE/install.
   as_root bash "$TIMESCALEDB_BUNDLE/install.sh"
 fi
 
+# --- nats-server (the JetStream tests start their own 3-node cluster) -----------------------
+if ! command -v nats-server >/dev/null; then
+  apt_install nats-server
+fi
+
 # --- Mosquitto ------------------------------------------------------------------------------
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto mosquitto-clients

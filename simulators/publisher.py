@@ -87,6 +87,7 @@ def publish(
     duration_s: float | None = None,
     timeout_s: float = 30.0,
     max_outstanding: int = 20_000,
+    mqtt_version: int = 5,
 ) -> PublishStats:
     """Publish messages at QoS 1, each no earlier than its due time, and wait for every PUBACK.
 
@@ -98,8 +99,12 @@ def publish(
             acknowledging for ``timeout_s``.
     """
     acks = _Acks()
+    # 3.1.1 for brokers that speak only that (nats-server's MQTT listener), as many gateways do.
+    v5 = mqtt_version == 5
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
     )
     client.on_connect = acks.on_connect
     client.on_publish = acks.on_publish
@@ -109,7 +114,10 @@ def publish(
     if username:
         client.username_pw_set(username, password)
     try:
-        client.connect(host, port, keepalive=30, clean_start=True)
+        if v5:
+            client.connect(host, port, keepalive=30, clean_start=True)
+        else:
+            client.connect(host, port, keepalive=30)
     except OSError as exc:
         message = f"cannot reach the MQTT broker at {host}:{port}: {exc}"
         raise PublishError(message) from exc

@@ -1,4 +1,4 @@
-"""The citytel command: migrate, ingest, api, simulate, fleet, keys, demo, settings."""
+"""The citytel command: migrate, ingest, api, simulate, fleet, keys, demo, settings, nats."""
 
 from __future__ import annotations
 
@@ -107,6 +107,23 @@ async def _check_database(settings: Settings) -> None:
         await require_migrated(pool)
     finally:
         await pool.close()
+
+
+def _nats_setup(settings: Settings, args: argparse.Namespace) -> int:
+    from citytel.ingest.jetstream import setup_stream
+
+    async def main() -> None:
+        report = await setup_stream(settings, update=args.update)
+        for verb, things in (
+            ("created", report.created),
+            ("updated", report.updated),
+            ("matches the settings", report.unchanged),
+        ):
+            for thing in things:
+                log.info("%s: %s", thing, verb)
+
+    _run(main())
+    return 0
 
 
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
@@ -444,12 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         commands,
         "ingest",
-        "consume readings from MQTT into the database",
+        "consume readings from MQTT (or JetStream) into the database",
         "Runs until SIGINT or SIGTERM; a reading ends stored or in the dead-letter store.",
         (
             "database_*",
             "mqtt_*",
             "ingest_*",
+            "nats_*",
             "sensor_profiles_dir",
             "timescale_retention",
             "log_level",
@@ -557,6 +575,36 @@ def build_parser() -> argparse.ArgumentParser:
     disable.add_argument("id")
     gateway_commands.add_parser("list", help="every gateway; rewrites the broker files")
 
+    nats = _command(
+        commands,
+        "nats",
+        "the NATS JetStream stream ingest reads from",
+        "See docs/operations.md, 'Growing past one machine'.",
+        (
+            "nats_url",
+            "nats_username",
+            "nats_password",
+            "nats_stream",
+            "nats_durable",
+            "nats_replicas",
+            "nats_max_age_s",
+            "nats_max_bytes",
+            "nats_max_msgs",
+            "nats_duplicate_window_s",
+            "nats_ack_wait_s",
+            "nats_max_ack_pending",
+            "mqtt_topic_root",
+            "mqtt_lorawan",
+        ),
+    )
+    nats_commands = nats.add_subparsers(dest="nats_command", required=True, metavar="ACTION")
+    nats_setup = nats_commands.add_parser(
+        "setup", help="create the stream and consumer, or check them against the settings"
+    )
+    nats_setup.add_argument(
+        "--update", action="store_true", help="change an existing stream or consumer to match"
+    )
+
     demo = _command(
         commands,
         "demo",
@@ -586,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": _simulate,
         "demo": _demo,
         "settings": _settings_command,
+        "nats": _nats_setup,
     }
     try:
         if args.command == "keys":

@@ -8,6 +8,7 @@ import socket
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -99,6 +100,29 @@ class Settings(BaseSettings):
     # Prometheus metrics of `citytel ingest` (/metrics); port 0 switches them off.
     ingest_metrics_host: str = "127.0.0.1"
     ingest_metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    # Where ingest reads from: the MQTT broker (one machine), or a NATS JetStream stream (a cluster;
+    # docs/operations.md, "growing past one machine").
+    ingest_source: Literal["mqtt", "jetstream"] = "mqtt"
+
+    # Comma-separated nats:// URLs of the cluster's nodes; the client fails over between them.
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_username: str | None = None
+    nats_password: SecretStr | None = None
+    nats_stream: str = Field(default="CITYTEL", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    nats_durable: str = Field(default="citytel-ingest", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    nats_replicas: int = Field(default=1, ge=1, le=5)
+    # The backlog the stream holds for ingest: at either limit it refuses new messages (discard
+    # new) rather than drop old ones; messages older than the age limit expire.
+    nats_max_age_s: int = Field(default=7 * 24 * 3600, ge=60)
+    nats_max_bytes: int = Field(default=10 * 1024**3, ge=1024**2)
+    nats_max_msgs: int = Field(default=-1, ge=-1)
+    nats_duplicate_window_s: int = Field(default=120, ge=1)
+    # Longer than the worst batch: a worker renews it while it retries through an outage.
+    nats_ack_wait_s: float = Field(default=60.0, ge=1)
+    nats_max_ack_pending: int = Field(default=20_000, ge=1)
+    # A message handed out this many times without being committed is dead-lettered and ended.
+    nats_max_deliver: int = Field(default=5, ge=2)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)

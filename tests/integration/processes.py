@@ -15,10 +15,18 @@ from citytel.config import Settings
 class IngestProcess:
     """One ``citytel ingest`` worker with a given identity, logging to a file."""
 
-    def __init__(self, settings: Settings, log: Path, *, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log: Path,
+        *,
+        client_id: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.log = log
         self.client_id = client_id or settings.mqtt_client_id
+        self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def _env(self) -> dict[str, str]:
@@ -35,6 +43,7 @@ class IngestProcess:
             "CITYTEL_INGEST_STATS_INTERVAL_S": "1",
             # Several workers run at once: none binds the default metrics port.
             "CITYTEL_INGEST_METRICS_PORT": "0",
+            **self.extra_env,
         }
 
     def start(self, within: float = 20.0) -> None:

@@ -30,7 +30,8 @@ from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
 from citytel.ingest.lorawan import PendingUplink, interpret
 from citytel.ingest.metrics import IngestMetrics
-from citytel.ingest.mqtt import InboundMessage, MqttConsumer
+from citytel.ingest.mqtt import InboundMessage
+from citytel.ingest.source import Source, open_source
 from citytel.storage.gateways import mark_seen
 from citytel.storage.migrate import require_migrated
 from citytel.storage.pool import wait_for_pool
@@ -428,7 +429,7 @@ async def _record_seen(pool: asyncpg.Pool, seen: GatewaysSeen, every: float) -> 
         await seen.flush(pool)
 
 
-async def _announce(consumer: MqttConsumer, subscribed: asyncio.Event | None) -> None:
+async def _announce(consumer: Source, subscribed: asyncio.Event | None) -> None:
     await consumer.wait_subscribed()
     if subscribed is not None:
         subscribed.set()
@@ -454,7 +455,8 @@ async def run_ingest(
     """
     stats = IngestStats()
     # Before waiting for the database: a TLS file that cannot be read is an error at start-up.
-    consumer = MqttConsumer(settings, subscriptions(settings))
+    # Dead letters of the source's own (JetStream) go through the pool, there by then.
+    consumer = open_source(settings, subscriptions(settings), lambda letters: dead_letter(letters))
     pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
     if pool is None:
         return stats
@@ -465,6 +467,13 @@ async def run_ingest(
         await pool.close()
         raise
     decoders = Decoders.from_settings(settings)
+
+    async def dead_letter(letters: list[DeadLetter]) -> BatchOutcome | None:
+        outcome = await _store_letters_with_retry(pool, letters, stop=stop, stats=stats)
+        if outcome is not None:
+            stats.dead_letters.update(outcome.dead_letters)
+        return outcome
+
     if metrics is not None:
         metrics.watch(stats, consumer)
     consumer.start()
@@ -480,6 +489,13 @@ async def run_ingest(
     recorder = asyncio.ensure_future(_record_seen(pool, seen, _SEEN_EVERY_S))
 
     broken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def source_failed(done: asyncio.Future[None]) -> None:
+        # A source that cannot start (a JetStream consumer that does not exist) ends ingest.
+        if not done.cancelled() and done.exception() is not None and not broken.done():
+            broken.set_exception(done.exception())  # type: ignore[arg-type]
+
+    announce.add_done_callback(source_failed)
 
     async def handle(batch: list[InboundMessage]) -> None:
         started = time.monotonic()
