@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     api_live_refresh_ms: int = Field(default=500, ge=10)
     api_live_resync_s: float = Field(default=600.0, gt=0)
     api_live_max_staleness_s: float = Field(default=10.0, gt=0)
+    # Changes pushed over Server-Sent Events (src/citytel/api/events.py).
+    api_events: bool = True
+    api_events_refresh_ms: int = Field(default=500, ge=10)
+    api_events_attention_s: float = Field(default=30.0, gt=0)
+    api_events_retained: int = Field(default=10_000, ge=1, le=1_000_000)
+    api_events_keepalive_s: float = Field(default=15.0, gt=0)
+    api_events_debounce_ms: int = Field(default=1000, ge=0)
+    # The operations console's basemap: a MapLibre style URL; empty, zones on a plain background.
+    console_style_url: str = ""
 
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"

@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from citytel.api.app import create_app
 from citytel.config import Settings
@@ -215,12 +216,14 @@ async def ingest(settings: Settings) -> AsyncIterator[Callable[[], Awaitable[Run
 
 
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it."""
+async def serve_api(
+    settings: Settings, app: FastAPI | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API for ``settings`` (or ``app``, built from them) served by uvicorn on a free port,
+    and an HTTP client for it."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    served = app if app is not None else create_app(settings)
+    config = uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(10):

@@ -56,6 +56,7 @@ EXPECTED_COLUMNS = {
         "cycle_started_at",
         "cycle_start_fill_pct",
         "last_cycle_rate_pct_h",
+        "changed_xid",
     },
     "spot_latest": {"spot_id", "ts", "occupied", "battery_pct", "last_seen", "changed_xid"},
     "dead_letters": {
@@ -109,7 +110,7 @@ def schema(url: str) -> dict[str, set[str]]:
     return found
 
 
-PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008"]
+PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008", "0009"]
 TIMESCALEDB_ONLY = ["0003"]
 NAMES = {
     "0001": "0001_registry",
@@ -120,6 +121,7 @@ NAMES = {
     "0006": "0006_fill_cycles",
     "0007": "0007_device_faults",
     "0008": "0008_fill_order",
+    "0009": "0009_container_changes",
 }
 
 

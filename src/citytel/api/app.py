@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse
 
 from citytel import __version__
 from citytel.api.deps import refuse_nul
+from citytel.api.events import ChangeFeed, EventHub
 from citytel.api.live_spots import LiveSpots
 from citytel.api.routes import (
     collection,
     containers,
     dead_letters,
     devices,
+    events,
     health,
     parking,
     zones,
@@ -85,6 +87,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         connecting = asyncio.create_task(connect())
         live: LiveSpots | None = app.state.live_spots
         refreshing = asyncio.create_task(live.run(stop)) if live is not None else None
+        feed: ChangeFeed | None = app.state.change_feed
+        feeding = asyncio.create_task(feed.run(stop)) if feed is not None else None
         try:
             yield
         finally:
@@ -92,6 +96,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
             await connecting
             if refreshing is not None:
                 await refreshing
+            if feeding is not None:
+                await feeding
             if app.state.pool is not None:
                 await app.state.pool.close()
 
@@ -108,6 +114,11 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.live_spots = (
         LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
     )
+    app.state.change_feed = (
+        ChangeFeed(settings, lambda: app.state.pool, EventHub(settings.api_events_retained))
+        if settings.api_events
+        else None
+    )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(NotFoundError, _domain_error)
     app.add_exception_handler(InvalidQueryError, _domain_error)
@@ -119,6 +130,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(zones.router)
     app.include_router(devices.router)
     app.include_router(dead_letters.router)
+    app.include_router(events.router)
     return app
 
 
