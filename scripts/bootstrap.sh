@@ -72,6 +72,13 @@ if ! listening "$MQTT_PORT"; then
   for _ in $(seq 50); do listening "$MQTT_PORT" && break; sleep 0.2; done
 fi
 
+# --- Chromium (the console's browser tests) -------------------------------------------------
+# Debian's build: the test driver (playwright) is pointed at it, since browser builds of its
+# own cannot be downloaded everywhere.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  apt_install chromium
+fi
+
 # --- Python ---------------------------------------------------------------------------------
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then

@@ -25,6 +25,7 @@ from citytel.api.routes import (
     parking,
     zones,
 )
+from citytel.api.routes.console import mount_console
 from citytel.config import Settings, get_settings
 from citytel.errors import (
     InvalidQueryError,
@@ -131,6 +132,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(devices.router)
     app.include_router(dead_letters.router)
     app.include_router(events.router)
+    mount_console(app)
     return app
 
 

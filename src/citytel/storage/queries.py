@@ -198,6 +198,15 @@ LEFT JOIN spot_latest l ON l.spot_id = s.id
 SPOT_STATES = _SPOT_STATE + "WHERE s.id = ANY($1::text[])\n"
 ALL_SPOT_STATES = _SPOT_STATE
 
+_SPOT_FILTER = """
+WHERE ($1::text IS NULL OR s.zone = $1)
+  AND ($2::float8 IS NULL
+       OR ST_Intersects(s.location, ST_MakeEnvelope($2, $3, $4, $5, 4326)::geography))
+"""
+
+LIST_SPOTS = _SPOT_STATE + _SPOT_FILTER + "ORDER BY s.id\nLIMIT $6 OFFSET $7\n"
+COUNT_SPOTS = "SELECT count(*) FROM parking_spots s\n" + _SPOT_FILTER  # noqa: S608
+
 GET_SPOT = f"""
 SELECT {_SPOT_COLUMNS}
 FROM parking_spots s
@@ -465,6 +474,17 @@ async def changes(pool: asyncpg.Pool, since: str | None) -> Changes:
         snapshot=snapshot["snapshot"],
         as_of=snapshot["as_of"],
     )
+
+
+async def list_spots(
+    pool: asyncpg.Pool, *, zone: str | None, bbox: BBox | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """Spots in ``zone`` and ``bbox`` when given, by id, and how many match in all."""
+    box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
+    async with connection(pool) as conn:
+        rows = await conn.fetch(LIST_SPOTS, zone, *box, limit, offset)
+        total = await conn.fetchval(COUNT_SPOTS, zone, *box)
+    return rows, int(total)
 
 
 async def get_spot(pool: asyncpg.Pool, spot_id: str) -> asyncpg.Record:

@@ -29,6 +29,11 @@ router = APIRouter(prefix="/v1/containers", tags=["containers"])
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MAX_BUCKETS = 10_000
+# A bounding box parameter, as every route that takes one spells it (see parse_bbox).
+BBoxQuery = Annotated[
+    str | None,
+    Query(description="min_lon,min_lat,max_lon,max_lat", examples=["-7.65,33.55,-7.55,33.62"]),
+]
 DEFAULT_RANGE = timedelta(hours=24)
 
 
@@ -102,10 +107,7 @@ async def list_containers(
     min_fill_pct: Annotated[
         float | None, Query(ge=0, le=100, description="only containers at least this full")
     ] = None,
-    bbox: Annotated[
-        str | None,
-        Query(description="min_lon,min_lat,max_lon,max_lat", examples=["-7.65,33.55,-7.55,33.62"]),
-    ] = None,
+    bbox: BBoxQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> ContainerPage:

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from citytel.api.deps import LiveSpotsDep, SettingsDep
 from citytel.api.events import EVENT_KINDS, ChangeFeed, EventHub, Resume
-from citytel.api.routes.containers import parse_bbox
+from citytel.api.routes.containers import BBoxQuery, parse_bbox
 from citytel.api.routes.parking import (
     Category,
     Lat,
@@ -113,10 +113,7 @@ async def events(
         str | None, Query(description="comma-separated: container, spot, device; default all")
     ] = None,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
-    bbox: Annotated[
-        str | None,
-        Query(description="min_lon,min_lat,max_lon,max_lat", examples=["-7.65,33.55,-7.55,33.62"]),
-    ] = None,
+    bbox: BBoxQuery = None,
     last_event_id: Annotated[
         str | None, Header(description="resume after this event (sent by SSE clients)")
     ] = None,

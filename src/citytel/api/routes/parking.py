@@ -10,7 +10,8 @@ from fastapi import APIRouter, Query, Response
 
 from citytel.api.deps import LiveSpotsDep, PoolDep, SettingsDep
 from citytel.api.live_spots import LiveSpots
-from citytel.api.schemas import FreeSpots, Location, SpotPublic
+from citytel.api.routes.containers import BBoxQuery, parse_bbox
+from citytel.api.schemas import FreeSpots, Location, SpotPage, SpotPublic
 from citytel.api.spot_index import rfc3339
 from citytel.config import Settings
 from citytel.errors import InvalidQueryError
@@ -120,6 +121,27 @@ async def free_spots(
     # is built here.
     body = free_spots_json(items, lat=lat, lon=lon, radius_m=radius_m, as_of=as_of)
     return Response(body, media_type="application/json", headers={"X-Citytel-View": view})
+
+
+@router.get("/spots", response_model=SpotPage)
+async def list_spots(
+    pool: PoolDep,
+    zone: Annotated[str | None, Query(description="only this zone")] = None,
+    bbox: BBoxQuery = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> SpotPage:
+    """Parking spots with their status, by id, filtered by zone and bounding box."""
+    box = parse_bbox(bbox) if bbox is not None else None
+    rows, total = await queries.list_spots(pool, zone=zone, bbox=box, limit=limit, offset=offset)
+    next_offset = offset + limit if offset + limit < total else None
+    return SpotPage(
+        items=[spot_public(r) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=next_offset,
+    )
 
 
 @router.get("/spots/{spot_id}", response_model=SpotPublic, responses={404: {}})
