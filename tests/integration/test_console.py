@@ -55,6 +55,8 @@ class Watched:
     requests: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # The Authorization header of each API request ("" when none was sent).
+    authorization: dict[str, str] = field(default_factory=dict)
 
     def assert_clean(self) -> None:
         assert self.refused == [], "requests outside the service"
@@ -72,6 +74,8 @@ async def open_console(browser: Browser, api: httpx.AsyncClient) -> Watched:
 
     async def only_the_service(route: Route, request: Request) -> None:
         watched.requests.append(request.url)
+        if "/v1/" in request.url:
+            watched.authorization[request.url] = await request.header_value("authorization") or ""
         where = urlsplit(request.url)
         if where.scheme in ("data", "blob") or where.netloc == service:
             await route.continue_()
@@ -135,6 +139,11 @@ async def legend_colour(page: Page, fill_pct: float) -> str:
         fill_pct,
     )
     return colour
+
+
+async def streaming(page: Page) -> bool:
+    """Whether the page says its event stream is live."""
+    return "stream live" in (await page.text_content("#freshness") or "")
 
 
 async def stored(pool: asyncpg.Pool, fills: int, spots: int = 0) -> bool:
@@ -245,5 +254,16 @@ async def test_lists_work_from_the_keyboard(
         await page.wait_for_selector(f"#panel[data-id='{second}']")
         assert await page.get_attribute("#panel", "data-readings") == "2"
         assert await page.locator("#panel svg polyline").count() == 1
+        assert set(watched.authorization.values()) == {""}
+
+        # A pasted key is sent with every API call, the event stream included.
+        await page.fill("#api-key", "k-123")
+        watched.authorization.clear()
+        async with page.expect_navigation():
+            await page.press("#api-key", "Enter")
+        await page.wait_for_selector("body[data-loaded=true]", timeout=20_000)
+        await wait_until(lambda: streaming(page), within=20)
+        assert any("/v1/events" in url for url in watched.authorization)
+        assert set(watched.authorization.values()) == {"Bearer k-123"}
         watched.assert_clean()
         await page.context.close()
