@@ -142,6 +142,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     base = f"http://{settings.api_host}:{settings.api_port}"
     sys.stdout.write(
         "\ncitytel demo is running (Ctrl-C stops it):\n"
+        f"  console         {base}/\n"
         f"  API docs        {base}/docs\n"
         f"  fullest bins    {base}/v1/containers?min_fill_pct=80\n"
         f"  free parking    {base}/v1/parking/free?lat=33.5731&lon=-7.5898&radius_m=800\n"
