@@ -58,6 +58,13 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 step "checking the MQTT broker" "see var/mosquitto/mosquitto.log, or stop what holds the port, then run this script again"
 ensure_broker "$MOSQUITTO" "$ROOT" "$MQTT_PORT"
 
+# --- Chromium (the console's browser tests) -------------------------------------------------
+# Debian's build: the test driver (playwright) is pointed at it, since browser builds of its
+# own cannot be downloaded everywhere.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  apt_install chromium
+fi
+
 # --- Python ---------------------------------------------------------------------------------
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then

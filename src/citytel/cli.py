@@ -384,6 +384,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         "\ncitytel demo is running (Ctrl-C stops it).\n"
         f"An API key with every scope was created for it (revoke it with "
         f"`citytel keys revoke demo-...`, see `citytel keys list`):\n  {key}\n\n"
+        f"  console         {base}/  (paste the key)\n"
         f"  API docs        {base}/docs  (Authorize: paste the key)\n"
         f"  fullest bins    curl {auth} '{base}/v1/containers?min_fill_pct=80'\n"
         f"  free parking    curl {auth} "

@@ -141,6 +141,15 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(default=1.0, ge=0, le=5)
     api_key_touch_s: float = Field(default=60.0, ge=0)
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Changes pushed over Server-Sent Events (src/citytel/api/events.py).
+    api_events: bool = True
+    api_events_refresh_ms: int = Field(default=500, ge=10)
+    api_events_attention_s: float = Field(default=30.0, gt=0)
+    api_events_retained: int = Field(default=10_000, ge=1, le=1_000_000)
+    api_events_keepalive_s: float = Field(default=15.0, gt=0)
+    api_events_debounce_ms: int = Field(default=1000, ge=0)
+    # The operations console's basemap: a MapLibre style URL; empty, zones on a plain background.
+    console_style_url: str = ""
 
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"

@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from citytel.api.app import create_app
 from citytel.config import Settings
@@ -231,17 +232,21 @@ async def create_key(database_url: str, *scopes: Scope, name: str | None = None)
 
 @contextlib.asynccontextmanager
 async def serve_api(
-    settings: Settings, *, key_scopes: tuple[Scope, ...] = (Scope.ADMIN,), ready: bool = True
+    settings: Settings,
+    app: FastAPI | None = None,
+    *,
+    key_scopes: tuple[Scope, ...] = (Scope.ADMIN,),
+    ready: bool = True,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it.
+    """The API for ``settings`` (or ``app``, built from them) served by uvicorn on a free port,
+    and an HTTP client for it.
 
     The client sends a new key with ``key_scopes`` (admin: every route); none when empty.
     With ``ready``, once /readyz says 200; without, as soon as it listens.
     """
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    served = app if app is not None else create_app(settings)
+    config = uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     database_url = settings.database_url.get_secret_value()

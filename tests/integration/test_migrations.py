@@ -58,6 +58,7 @@ EXPECTED_COLUMNS = {
         "cycle_started_at",
         "cycle_start_fill_pct",
         "last_cycle_rate_pct_h",
+        "changed_xid",
     },
     "spot_latest": {"spot_id", "ts", "occupied", "battery_pct", "last_seen", "changed_xid"},
     "dead_letters": {
@@ -123,7 +124,8 @@ def schema(url: str) -> dict[str, set[str]]:
     return found
 
 
-PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008", "0010", "0011", "0012", "0013"]
+PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008"]
+PLAIN += ["0010", "0011", "0012", "0013", "0015"]
 TIMESCALEDB_ONLY = ["0003", "0009"]
 NAMES = {
     "0001": "0001_registry",
@@ -139,6 +141,7 @@ NAMES = {
     "0011": "0011_gateways",
     "0012": "0012_roles",
     "0013": "0013_api_role_keys",
+    "0015": "0015_container_changes",
 }
 
 

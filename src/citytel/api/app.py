@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from citytel import __version__
 from citytel.api.auth import KeyChecker
 from citytel.api.deps import refuse_nul
+from citytel.api.events import ChangeFeed, EventHub
 from citytel.api.limits import BodyLimit
 from citytel.api.live_spots import LiveSpots
 from citytel.api.metrics import ApiMetrics
@@ -25,11 +26,13 @@ from citytel.api.routes import (
     containers,
     dead_letters,
     devices,
+    events,
     health,
     keys,
     parking,
     zones,
 )
+from citytel.api.routes.console import mount_console
 from citytel.config import Settings, get_settings
 from citytel.errors import (
     ConflictError,
@@ -127,6 +130,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         connecting = asyncio.create_task(connect())
         live: LiveSpots | None = app.state.live_spots
         refreshing = asyncio.create_task(live.run(stop)) if live is not None else None
+        feed: ChangeFeed | None = app.state.change_feed
+        feeding = asyncio.create_task(feed.run(stop)) if feed is not None else None
         try:
             yield
         finally:
@@ -134,6 +139,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
             await connecting
             if refreshing is not None:
                 await refreshing
+            if feeding is not None:
+                await feeding
             if app.state.pool is not None:
                 await app.state.pool.close()
 
@@ -159,6 +166,11 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
     )
     ApiMetrics(app.state.live_spots).install(app)
+    app.state.change_feed = (
+        ChangeFeed(settings, lambda: app.state.pool, EventHub(settings.api_events_retained))
+        if settings.api_events
+        else None
+    )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(NotFoundError, _domain_error)
     app.add_exception_handler(InvalidQueryError, _domain_error)
@@ -176,6 +188,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(dead_letters.router)
     app.include_router(keys.router)
     _serve_docs(app)
+    app.include_router(events.router)
+    mount_console(app)
     return app
 
 

@@ -17,11 +17,12 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
 
+from citytel.api.signal import Signal
 from citytel.api.spot_index import FreeSpotIndex, SpotState
 from citytel.config import Settings
 from citytel.errors import StorageError
@@ -55,6 +56,8 @@ class LiveSpots:
         self.last_refresh_s: float | None = None
         """How long the last successful read took (a full read or the changes)."""
         self._failing = False
+        # Notified after each read that changed the view: the free-spot streams wait on it.
+        self.changed = Signal()
 
     @property
     def age_s(self) -> float | None:
@@ -102,19 +105,30 @@ class LiveSpots:
             self._index.apply(_state(row) for row in changes.rows)
         self._snapshot, self.as_of, self._read_at = changes.snapshot, changes.as_of, started
         self.last_refresh_s = time.monotonic() - started
+        if changes.rows:
+            self.changed.notify()
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh until ``stop`` is set; a failed read is logged once, then retried."""
-        while not stop.is_set():
-            try:
-                await self.refresh()
-            except StorageError as exc:
-                if not self._failing:
-                    log.warning("live parking view not refreshed (%s); retrying", exc)
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("live parking view refreshed again")
-                self._failing = False
-            await sleep_unless(stop, self._refresh_s)
+        await keep_refreshing(self.refresh, stop, self._refresh_s, "live parking view")
+
+
+async def keep_refreshing(
+    refresh: Callable[[], Awaitable[object]], stop: asyncio.Event, period_s: float, what: str
+) -> None:
+    """Call ``refresh`` every ``period_s`` until ``stop`` is set; a StorageError is logged once
+    while it lasts, then retried."""
+    failing = False
+    while not stop.is_set():
+        try:
+            await refresh()
+        except StorageError as exc:
+            if not failing:
+                log.warning("%s not refreshed (%s); retrying", what, exc)
+            failing = True
+        else:
+            if failing:
+                log.info("%s refreshed again", what)
+            failing = False
+        await sleep_unless(stop, period_s)

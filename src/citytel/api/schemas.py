@@ -115,6 +115,16 @@ class SpotPublic(BaseModel):
     last_seen: datetime | None
 
 
+class SpotPage(BaseModel):
+    """One page of parking spots, by id."""
+
+    items: list[SpotPublic]
+    total: int = Field(description="how many spots match the filters in all")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last page")
+
+
 class FreeSpot(SpotPublic):
     """A free spot and how far it is."""
 

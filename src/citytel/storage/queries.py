@@ -287,6 +287,15 @@ LEFT JOIN spot_latest l ON l.spot_id = s.id
 SPOT_STATES = _SPOT_STATE + "WHERE s.id = ANY($1::text[])\n"
 ALL_SPOT_STATES = _SPOT_STATE
 
+_SPOT_FILTER = """
+WHERE ($1::text IS NULL OR s.zone = $1)
+  AND ($2::float8 IS NULL
+       OR ST_Intersects(s.location, ST_MakeEnvelope($2, $3, $4, $5, 4326)::geography))
+"""
+
+LIST_SPOTS = _SPOT_STATE + _SPOT_FILTER + "ORDER BY s.id\nLIMIT $6 OFFSET $7\n"
+COUNT_SPOTS = "SELECT count(*) FROM parking_spots s\n" + _SPOT_FILTER  # noqa: S608
+
 GET_SPOT = f"""
 SELECT {_SPOT_COLUMNS}
 FROM parking_spots s
@@ -560,6 +569,68 @@ async def spot_changes(pool: asyncpg.Pool, since: str | None) -> SpotChanges:
             rows = await conn.fetch(SPOT_STATES, ids) if ids else []
     assert snapshot is not None  # noqa: S101 - a SELECT without FROM returns one row
     return SpotChanges(rows=rows, snapshot=snapshot["snapshot"], as_of=snapshot["as_of"])
+
+
+# The containers whose latest state a transaction wrote that an earlier snapshot $1 did not see
+# (migrations/0015_container_changes.sql), with their registry entry.
+CHANGED_CONTAINERS = f"""
+SELECT {_CONTAINER_COLUMNS}
+FROM container_latest l
+JOIN containers c ON c.id = l.container_id
+WHERE l.changed_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(l.changed_xid, $1::text::pg_snapshot)
+"""  # noqa: S608
+
+ALL_CONTAINER_STATES = f"""
+SELECT {_CONTAINER_COLUMNS}
+FROM container_latest l
+JOIN containers c ON c.id = l.container_id
+"""  # noqa: S608
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Containers and spots as a snapshot saw them, and that snapshot (see :class:`SpotChanges`)."""
+
+    containers: list[asyncpg.Record]
+    spots: list[asyncpg.Record]
+    snapshot: str
+    as_of: datetime
+
+
+async def changes(pool: asyncpg.Pool, since: str | None) -> Changes:
+    """Containers with a latest state and spots written since the snapshot ``since`` (all when
+    None), read under one snapshot."""
+    async with (
+        connection(pool) as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        snapshot = await conn.fetchrow(SPOT_SNAPSHOT)
+        if since is None:
+            containers = await conn.fetch(ALL_CONTAINER_STATES)
+            spots = await conn.fetch(ALL_SPOT_STATES)
+        else:
+            containers = await conn.fetch(CHANGED_CONTAINERS, since)
+            ids = [r["id"] for r in await conn.fetch(CHANGED_SPOT_IDS, since)]
+            spots = await conn.fetch(SPOT_STATES, ids) if ids else []
+    assert snapshot is not None  # noqa: S101 - a SELECT without FROM returns one row
+    return Changes(
+        containers=containers,
+        spots=spots,
+        snapshot=snapshot["snapshot"],
+        as_of=snapshot["as_of"],
+    )
+
+
+async def list_spots(
+    pool: asyncpg.Pool, *, zone: str | None, bbox: BBox | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """Spots in ``zone`` and ``bbox`` when given, by id, and how many match in all."""
+    box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
+    async with connection(pool) as conn:
+        rows = await conn.fetch(LIST_SPOTS, zone, *box, limit, offset)
+        total = await conn.fetchval(COUNT_SPOTS, zone, *box)
+    return rows, int(total)
 
 
 async def get_spot(pool: asyncpg.Pool, spot_id: str) -> asyncpg.Record:

@@ -12,7 +12,8 @@ KNOWN_SPOTS = "SELECT id, gateway_id FROM parking_spots WHERE id = ANY($1::text[
 # - The latest state is computed from the rows actually inserted, and moves only for a strictly
 #   newer reading, so a late, out-of-order reading is kept in the history without overwriting
 #   the present; last_seen still records that the device spoke.
-# - A spot's changed_xid marks it for the API's live index (migrations/0005_spot_changes.sql).
+# - A spot's changed_xid marks it for the API's live index (migrations/0005_spot_changes.sql), a
+#   container's for the API's push stream (0015_container_changes.sql).
 STORE_WASTE = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
@@ -57,7 +58,8 @@ WITH batch AS (
                              THEN coalesce(EXCLUDED.temperature_c, cur.temperature_c)
                              ELSE cur.temperature_c END,
         ts = greatest(cur.ts, EXCLUDED.ts),
-        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen)
+        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen),
+        changed_xid = pg_current_xact_id()
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM latest) AS devices
@@ -134,7 +136,8 @@ WITH batch AS (
     ORDER BY device_id
     ON CONFLICT (container_id) DO UPDATE SET
         battery_pct = coalesce(EXCLUDED.battery_pct, cur.battery_pct),
-        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen)
+        last_seen = greatest(cur.last_seen, EXCLUDED.last_seen),
+        changed_xid = pg_current_xact_id()
     RETURNING 1
 ), spots AS (
     INSERT INTO spot_latest AS cur (spot_id, battery_pct, last_seen)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from citytel.api.auth import require
 from citytel.api.deps import PoolDep
-from citytel.api.routes.containers import container_public, fill_state, parse_bbox
+from citytel.api.routes.containers import BBoxQuery, container_public, fill_state, parse_bbox
 from citytel.api.schemas import CollectionRound, CollectionStop, Location
 from citytel.collection import Round, Stop, due_first, plan_round, reaches_at
 from citytel.errors import InvalidQueryError
@@ -26,10 +26,7 @@ router = APIRouter(
 async def collection_round(
     pool: PoolDep,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
-    bbox: Annotated[
-        str | None,
-        Query(description="min_lon,min_lat,max_lon,max_lat", examples=["-7.65,33.55,-7.55,33.62"]),
-    ] = None,
+    bbox: BBoxQuery = None,
     threshold_pct: Annotated[
         float, Query(gt=0, le=100, description="a container is due once this full")
     ] = 80,

@@ -34,6 +34,14 @@ _BUCKET = re.compile(r"^(\d{1,9})(s|m|h|d)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MAX_BUCKETS = 10_000
 MAX_BUCKET = timedelta(days=366)
+# A bounding box parameter, as every route that takes one spells it (see parse_bbox).
+BBoxQuery = Annotated[
+    str | None,
+    Query(
+        description="min_lon,min_lat,max_lon,max_lat; min_lon > max_lon crosses the antimeridian",
+        examples=["-7.65,33.55,-7.55,33.62"],
+    ),
+]
 DEFAULT_RANGE = timedelta(hours=24)
 
 FromQuery = Annotated[
@@ -144,14 +152,7 @@ async def list_containers(
     min_fill_pct: Annotated[
         float | None, Query(ge=0, le=100, description="only containers at least this full")
     ] = None,
-    bbox: Annotated[
-        str | None,
-        Query(
-            description="min_lon,min_lat,max_lon,max_lat; min_lon > max_lon crosses the "
-            "antimeridian",
-            examples=["-7.65,33.55,-7.55,33.62"],
-        ),
-    ] = None,
+    bbox: BBoxQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Response:
