@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from citytel.config import Settings
-from citytel.domain import DecodedMessage, DeviceKind, ParkingReading
+from citytel.domain import DEFAULT_GATEWAY, DecodedMessage, DeviceKind, ParkingReading
 from citytel.storage.fleet import UPSERT_SPOTS
 from citytel.storage.writer import store_decoded
 from tests.integration.conftest import Fleet, publish_raw, serve_api, wait_until
@@ -83,6 +83,7 @@ async def test_live_answers_equal_the_database(settings: Settings, pool: asyncpg
             33.55 + rng.uniform(0, 0.05),
             rng.choice(["anfa", "maarif"]),
             "disabled" if rng.random() < 0.15 else "standard",
+            DEFAULT_GATEWAY,
         )
         for i in range(1500)
     ]
@@ -197,7 +198,9 @@ async def test_registry_changes_reach_the_live_view(
     async with serve_api(live_settings(settings, api_live_resync_s=3600)) as api:
         assert ids(await answer(api, pool, radius_m=500)) == [moved]
         # 3 km north: out of a 500 m search, still in a 5 km one.
-        await pool.execute(UPSERT_SPOTS, [moved], [-7.5898], [33.6001], ["anfa"], ["standard"])
+        await pool.execute(
+            UPSERT_SPOTS, [moved], [-7.5898], [33.6001], ["anfa"], ["standard"], [DEFAULT_GATEWAY]
+        )
         assert ids(await answer(api, pool, radius_m=500)) == []
         body = await answer(api, pool, radius_m=5000)
         assert ids(body) == [moved]

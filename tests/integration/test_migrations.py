@@ -125,7 +125,7 @@ def schema(url: str) -> dict[str, set[str]]:
 
 
 PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008"]
-PLAIN += ["0010", "0011", "0012", "0013", "0015"]
+PLAIN += ["0010", "0011", "0012", "0013", "0014", "0015"]
 TIMESCALEDB_ONLY = ["0003", "0009"]
 NAMES = {
     "0001": "0001_registry",
@@ -141,6 +141,7 @@ NAMES = {
     "0011": "0011_gateways",
     "0012": "0012_roles",
     "0013": "0013_api_role_keys",
+    "0014": "0014_ingest_reads_migrations",
     "0015": "0015_container_changes",
 }
 
