@@ -16,7 +16,7 @@ from citytel.config import Settings
 from citytel.storage import queries
 from citytel.storage.migrate import HISTORY_AGGREGATES, migrate
 from tests.integration.conftest import Fleet
-from tests.integration.services import running_cluster, timescaledb_installed, with_database
+from tests.integration.services import running_cluster, with_database
 
 pytestmark = pytest.mark.integration
 
@@ -378,12 +378,11 @@ def materialised_equals_raw(url: str) -> None:
             assert len(materialised) > 100
 
 
-def test_a_plain_database_with_history_upgrades_in_place(store: str) -> None:
+@pytest.mark.usefixtures("_on_timescaledb")
+def test_a_plain_database_with_history_upgrades_in_place() -> None:
     """Migrated on plain PostgreSQL with a history, then TimescaleDB is installed: `citytel
     migrate` turns the tables into hypertables, every reading stays, and the aggregates are
     materialised from that history (none of the 0003 bug's missing buckets)."""
-    if store != "timescaledb" and not timescaledb_installed():
-        pytest.skip("needs the timescaledb extension installed on this machine")
     with running_cluster(timescaledb=False) as cluster:
         admin = with_database(cluster.url, "postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
