@@ -34,7 +34,7 @@ from urllib.parse import urlencode, urlsplit
 import asyncpg
 
 from bench.database import populate_latest
-from bench.services import Services, citytel_api
+from bench.services import Services, auth_headers, citytel_api, create_api_key
 from citytel.config import Settings
 from citytel.storage.queries import FREE_SPOTS_NEAR_JSON, LIST_FULL_CONTAINERS
 
@@ -120,16 +120,19 @@ async def _closed_loop(
 
 
 async def _http(
-    base: str, paths: list[str], concurrency: int, warmup: float, duration: float
+    base: str, paths: list[str], concurrency: int, warmup: float, duration: float, key: str | None
 ) -> dict[str, Any]:
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     streams = [await asyncio.open_connection(host, port) for _ in range(concurrency)]
     length = re.compile(rb"content-length:\s*(\d+)", re.I)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in auth_headers(key).items())
 
     async def call(i: int) -> bool:
         reader, writer = streams[i % concurrency]
-        writer.write(f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        writer.write(
+            f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
+        )
         head = await reader.readuntil(b"\r\n\r\n")
         found = length.search(head)
         await reader.readexactly(int(found[1]) if found else 0)
@@ -160,14 +163,16 @@ async def _db(
         await pool.close()
 
 
-def _wrk_script(paths: list[str], target: Path) -> Path:
+def _wrk_script(paths: list[str], target: Path, key: str | None) -> Path:
     listed = ",\n".join(f'  "{p}"' for p in paths)
+    headers = ", ".join(f'["{k}"] = "{v}"' for k, v in auth_headers(key).items())
     target.write_text(
         "local paths = {\n" + listed + "\n}\n"
+        "local headers = {" + headers + "}\n"
         "local i = 0\n"
         "request = function()\n"
         "  i = i + 1\n"
-        '  return wrk.format("GET", paths[(i % #paths) + 1])\n'
+        '  return wrk.format("GET", paths[(i % #paths) + 1], headers)\n'
         "end\n"
         "done = function(summary, latency, requests)\n"
         "  local e = summary.errors\n"
@@ -183,11 +188,17 @@ def _wrk_script(paths: list[str], target: Path) -> Path:
 
 
 def _run_wrk(
-    base: str, paths: list[str], concurrency: int, warmup: float, duration: float, work: Path
+    base: str,
+    paths: list[str],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    work: Path,
+    key: str | None,
 ) -> dict[str, Any]:
     wrk = shutil.which("wrk")
     assert wrk is not None  # noqa: S101
-    script = _wrk_script(paths, work / "paths.lua")
+    script = _wrk_script(paths, work / "paths.lua", key)
     common = [wrk, "-t1", f"-c{concurrency}", "--timeout", "5s", "-s", str(script)]
     if warmup > 0:
         subprocess.run(  # noqa: S603
@@ -228,11 +239,18 @@ def _subprocess_json(args: list[str], within: float) -> dict[str, Any]:
 
 
 def http_load(
-    base: str, paths: list[str], *, concurrency: int, warmup: float, duration: float, work: Path
+    base: str,
+    paths: list[str],
+    *,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    work: Path,
+    key: str | None,
 ) -> dict[str, Any]:
     """Closed-loop HTTP load from a separate process: wrk if installed, else our client."""
     if shutil.which("wrk"):
-        result = _run_wrk(base + "/", paths, concurrency, warmup, duration, work)
+        result = _run_wrk(base + "/", paths, concurrency, warmup, duration, work, key)
         return {"client": "wrk", **result}
     listing = work / "paths.json"
     listing.write_text(json.dumps(paths))
@@ -249,14 +267,16 @@ def http_load(
             str(warmup),
             "--duration",
             str(duration),
+            *(["--key", key] if key else []),
         ],
         within=warmup + duration + 60,
     )
     return {"client": "python-asyncio", **result}
 
 
-def _sample(base: str, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(base + path, timeout=5) as response:  # noqa: S310
+def _sample(base: str, path: str, key: str) -> dict[str, Any]:
+    request = urllib.request.Request(base + path, headers=auth_headers(key))  # noqa: S310
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
         body = json.loads(response.read())
     items = body.get("items", [])
     return {"status": response.status, "items": len(items), "total": body.get("total")}
@@ -276,6 +296,7 @@ def run(
     populated = populate_latest(services.database_url)
     sets = parameters(fleet)
     pool_size = Settings().database_pool_size
+    key = create_api_key(services, "bench")
     result: dict[str, Any] = {
         "fleet": populated,
         "concurrency": concurrency,
@@ -285,13 +306,23 @@ def run(
     for query in ("parking", "containers"):
         paths = _paths(query, sets[query])
         entry: dict[str, Any] = {}
-        variants = [(f"api_{workers}_worker", workers, True) for workers in worker_counts]
+        variants: list[tuple[str, int, bool, str | None]] = [
+            (f"api_{workers}_worker", workers, True, key) for workers in worker_counts
+        ]
         if query == "parking":
             # The same API with its live view off: each search is the database's query.
-            variants.append(("api_1_worker_database_view", 1, False))
-        for name, workers, live in variants:
-            with citytel_api(services, workers=workers, live_spots=live) as base:
-                entry.setdefault("sample_response", _sample(base, paths[0]))
+            variants.append(("api_1_worker_database_view", 1, False, key))
+            # Parking opened to anonymous callers: the same searches without the key check.
+            variants.append(("api_1_worker_anonymous", 1, True, None))
+        for name, workers, live, sent in variants:
+            with citytel_api(
+                services,
+                key=sent,
+                workers=workers,
+                live_spots=live,
+                anonymous_parking=sent is None,
+            ) as base:
+                entry.setdefault("sample_response", _sample(base, paths[0], key))
                 entry[name] = http_load(
                     base,
                     paths,
@@ -299,6 +330,7 @@ def run(
                     warmup=warmup,
                     duration=duration,
                     work=work,
+                    key=sent,
                 )
         listing = work / f"{query}-params.json"
         listing.write_text(json.dumps(sets[query]))
@@ -329,6 +361,11 @@ def run(
         if "api_1_worker_database_view" in entry:
             database_view = entry["api_1_worker_database_view"]
             entry["ratio_live_vs_database_view_rps"] = round(api["rps"] / database_view["rps"], 3)
+        if "api_1_worker_anonymous" in entry:
+            # What the key check costs: the same run's searches with a key over without one.
+            anonymous = entry["api_1_worker_anonymous"]
+            entry["ratio_key_vs_anonymous_rps"] = round(api["rps"] / anonymous["rps"], 3)
+            entry["ratio_key_vs_anonymous_p99"] = round(api["p99_ms"] / anonymous["p99_ms"], 3)
         result[query] = entry
     return result
 
@@ -346,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=10)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--key", help="the API key to send (none: anonymous)")
     args = parser.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop
@@ -353,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     if args.mode == "http":
         paths = json.loads(Path(args.paths).read_text())
-        result = asyncio.run(_http(args.base, paths, args.concurrency, args.warmup, args.duration))
+        result = asyncio.run(
+            _http(args.base, paths, args.concurrency, args.warmup, args.duration, args.key)
+        )
     else:
         sets = json.loads(Path(args.params).read_text())
         result = asyncio.run(_db(args.url, args.query, sets, args))

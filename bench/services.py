@@ -54,14 +54,14 @@ def wait_for_http(url: str, within: float = 30.0) -> None:
     raise TimeoutError(message)
 
 
-def _wait_for_live_view(base: str, within: float) -> None:
+def _wait_for_live_view(base: str, within: float, headers: Mapping[str, str]) -> None:
     """Block until free-spot searches are answered from the live view (its first read done)."""
     deadline = time.monotonic() + within
     live = 0
+    url = f"{base}/v1/parking/free?lat=0&lon=0"
+    request = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 - our own URL
     while live < 10:  # every worker's view, most likely, with several workers
-        with urllib.request.urlopen(  # noqa: S310 - our own URL
-            f"{base}/v1/parking/free?lat=0&lon=0", timeout=5
-        ) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own URL
             live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
         if time.monotonic() > deadline:
             message = f"{base} did not answer from its live parking view within {within} s"
@@ -344,14 +344,39 @@ class Services:
         return worker
 
 
+def create_api_key(services: Services, name: str) -> str:
+    """A new admin API key in the benchmark's database, through ``citytel keys create``."""
+    done = subprocess.run(  # noqa: S603 - our own command line
+        [sys.executable, "-m", "citytel", "keys", "create", "--name", name, "--scope", "admin"],
+        env=clean_env(database_url=services.database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def auth_headers(key: str | None) -> dict[str, str]:
+    """The header that sends ``key`` (none for anonymous calls)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 @contextlib.contextmanager
 def citytel_api(
-    services: Services, *, workers: int = 1, live_spots: bool = True, within: float = 60.0
+    services: Services,
+    *,
+    key: str | None,
+    workers: int = 1,
+    live_spots: bool = True,
+    anonymous_parking: bool = False,
+    within: float = 60.0,
 ) -> Iterator[str]:
     """``citytel api`` as a real process with ``workers`` workers; yields its base URL.
 
     ``live_spots=False`` switches the in-memory parking view off, so that every free-spot
     search is a database query: the API as it was before the view, for comparison.
+    ``anonymous_parking`` opens the parking routes without a key (the key check's baseline).
     """
     port = free_port()
     env = clean_env(
@@ -361,6 +386,7 @@ def citytel_api(
         api_port=str(port),
         api_workers=str(workers),
         api_live_spots=str(live_spots).lower(),
+        api_anonymous_parking=str(anonymous_parking).lower(),
         log_level="WARNING",
     )
     command = [sys.executable, "-m", "citytel", "api"]
@@ -371,7 +397,7 @@ def citytel_api(
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/readyz", within)
         if live_spots:
-            _wait_for_live_view(base, within)
+            _wait_for_live_view(base, within, auth_headers(key))
         yield base
     finally:
         stop_group(process)

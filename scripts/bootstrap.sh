@@ -65,7 +65,11 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 if ! listening "$MQTT_PORT"; then
   say "starting Mosquitto on port $MQTT_PORT with deploy/mosquitto.conf"
   mkdir -p var/mosquitto
+  # A developer's local broker only: open to anonymous clients on 127.0.0.1, without the
+  # password and ACL files that `citytel gateways` writes for a real deployment.
   sed -e "s#^persistence_location .*#persistence_location $ROOT/var/mosquitto/#" \
+      -e "s#^listener 1883.*#listener $MQTT_PORT 127.0.0.1#" \
+      -e 's#^allow_anonymous .*#allow_anonymous true#' -e '/^password_file /d' -e '/^acl_file /d' \
       -e '/^user /d' -e '/^log_dest /d' deploy/mosquitto.conf > var/mosquitto.conf
   printf 'user %s\nlog_dest file %s/var/mosquitto/mosquitto.log\n' "$(id -un)" "$ROOT" >> var/mosquitto.conf
   "$MOSQUITTO" -d -c var/mosquitto.conf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from datetime import timedelta
@@ -37,6 +38,21 @@ def parse_period(text: str) -> timedelta:
     return int(match.group(1)) * _UNIT_LENGTH[match.group(2)]
 
 
+def parse_service_area(text: str) -> tuple[float, float, float, float]:
+    """``"-7.75,33.45,-7.45,33.65"``: west, south, east, north in degrees."""
+    try:
+        west, south, east, north = (float(part) for part in text.split(","))
+    except ValueError:
+        west = south = east = north = math.nan
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        message = (
+            f"CITYTEL_FLEET_SERVICE_AREA {text!r} must be west,south,east,north in degrees "
+            "(west < east, south < north), e.g. -7.75,33.45,-7.45,33.65"
+        )
+        raise ValueError(message)
+    return west, south, east, north
+
+
 def _default_client_id() -> str:
     # The host name is stable across restarts of a process on the same host, pod (StatefulSet) or
     # container name, which is what lets a restarted worker resume its own persistent session.
@@ -50,6 +66,9 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = SecretStr("postgresql://postgres:postgres@127.0.0.1:5432/citytel")
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Passwords `citytel migrate` gives the citytel_ingest and citytel_api roles (0012_roles.sql).
+    database_ingest_password: SecretStr | None = None
+    database_api_password: SecretStr | None = None
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
@@ -61,6 +80,13 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=65535)
     mqtt_lorawan: bool = True
+    # TLS, for an mqtts:// URL: the CA that signed the broker's certificate (else the system's),
+    # a client certificate and its key for brokers that require one, and the name the broker's
+    # certificate must carry when it is not the URL's host.
+    mqtt_tls_ca_file: Path | None = None
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    mqtt_tls_server_name: str | None = None
 
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_flush_ms: int = Field(default=100, ge=1)
@@ -77,6 +103,14 @@ class Settings(BaseSettings):
     api_live_refresh_ms: int = Field(default=500, ge=10)
     api_live_resync_s: float = Field(default=600.0, gt=0)
     api_live_max_staleness_s: float = Field(default=10.0, gt=0)
+    # Security (README "Security"): every route but the health checks needs an API key, except
+    # the read-only parking routes when a city opens them as open data.
+    api_anonymous_parking: bool = False
+    # A positive key lookup is remembered this long (revoking through the API forgets it at
+    # once in that process); last_used_at is written at most once per key per touch interval.
+    api_key_cache_s: float = Field(default=1.0, ge=0, le=5)
+    api_key_touch_s: float = Field(default=60.0, ge=0)
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"
@@ -84,7 +118,15 @@ class Settings(BaseSettings):
     # The hourly and daily aggregates outlive the raw readings: a city's reports look back years.
     timescale_aggregate_retention: str = "5 years"
 
+    # Mosquitto's password and ACL files, written by `citytel gateways` (src/citytel/broker.py),
+    # and the broker's pid file, to make it reload them (SIGHUP).
+    broker_password_file: Path | None = None
+    broker_acl_file: Path | None = None
+    broker_pid_file: Path | None = None
+
     fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
+    # "west,south,east,north" in degrees: a fleet file's devices must stand inside it.
+    fleet_service_area: str | None = None
     sensor_profiles_dir: Path | None = None
     log_level: str = "INFO"
 
@@ -106,6 +148,18 @@ class Settings(BaseSettings):
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from exc
         return value
+
+    @field_validator("fleet_service_area")
+    @classmethod
+    def _service_area_is_a_box(cls, value: str | None) -> str | None:
+        if value:
+            parse_service_area(value)
+        return value or None
+
+    @property
+    def service_area(self) -> tuple[float, float, float, float] | None:
+        """Where fleet devices must stand (CITYTEL_FLEET_SERVICE_AREA), or None for anywhere."""
+        return parse_service_area(self.fleet_service_area) if self.fleet_service_area else None
 
     @field_validator("timescale_retention", "timescale_aggregate_retention")
     @classmethod
@@ -136,6 +190,11 @@ class Settings(BaseSettings):
         return _broker_address(self.mqtt_url)
 
     @property
+    def mqtt_tls(self) -> bool:
+        """Whether the broker is reached over TLS (an ``mqtts://`` URL)."""
+        return urlsplit(self.mqtt_url).scheme in _TLS_SCHEMES
+
+    @property
     def profiles_dir(self) -> Path:
         """The device profiles: the configured directory, else the ones shipped with citytel."""
         if self.sensor_profiles_dir is not None:
@@ -146,8 +205,11 @@ class Settings(BaseSettings):
         return Path(__file__).resolve().parents[2] / "sensors" / "profiles"
 
 
+_TLS_SCHEMES = {"mqtts", "ssl"}
+
+
 def _broker_address(url: str) -> tuple[str, int]:
-    """Host and port of an ``mqtt://host:port`` URL; ValueError naming the setting otherwise."""
+    """Host and port of an ``mqtt[s]://host:port`` URL; ConfigurationError naming the setting."""
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -156,14 +218,14 @@ def _broker_address(url: str) -> tuple[str, int]:
         valid = False
     else:
         valid = True
-    if not valid or parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+    if not valid or parts.scheme not in {"mqtt", "tcp", *_TLS_SCHEMES} or not parts.hostname:
         # Without the URL itself: it may carry a password.
         message = (
-            "CITYTEL_MQTT_URL must look like mqtt://host:1883 (scheme mqtt, a host name, "
-            "an optional port from 1 to 65535)"
+            "CITYTEL_MQTT_URL must look like mqtt://host:1883 or, over TLS, mqtts://host:8883 "
+            "(a host name, an optional port from 1 to 65535)"
         )
         raise ConfigurationError(message)
-    return parts.hostname, port or 1883
+    return parts.hostname, port or (8883 if parts.scheme in _TLS_SCHEMES else 1883)
 
 
 @lru_cache(maxsize=1)

@@ -44,7 +44,16 @@ class IngestFailed(CitytelError):
 
 
 class MqttProtocolError(CitytelError):
-    """The broker sent something an MQTT 5 client must not accept; the connection is dropped."""
+    """The broker sent something an MQTT 5 client must not accept; the connection is dropped.
+
+    Attributes:
+        reason: the DISCONNECT reason code the client sends before closing (0x81 malformed
+            packet, 0x82 protocol error).
+    """
+
+    def __init__(self, message: str, reason: int = 0x81) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotFoundError(CitytelError):
@@ -59,3 +68,20 @@ class NotFoundError(CitytelError):
 
 class InvalidQueryError(CitytelError):
     """A request whose parameters are well-formed but make no sense together."""
+
+
+class ConflictError(CitytelError):
+    """A request that would duplicate something that must be unique, such as a key's name."""
+
+
+class NotAuthenticatedError(CitytelError):
+    """No API key, or one that is unknown or revoked (HTTP 401)."""
+
+
+class MissingScopeError(CitytelError):
+    """A valid API key without the scope a route needs (HTTP 403)."""
+
+    def __init__(self, scope: str) -> None:
+        message = f"this API key does not have the '{scope}' scope this request needs"
+        super().__init__(message)
+        self.scope = scope

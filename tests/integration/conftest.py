@@ -25,6 +25,8 @@ from citytel.config import Settings
 from citytel.domain import DeviceKind
 from citytel.formats.native import WastePayload
 from citytel.ingest.pipeline import IngestStats, run_ingest
+from citytel.keys import Scope, generate_key, hash_key
+from citytel.storage import api_keys
 from citytel.storage.fleet import import_fleet
 from simulators.fleet import Fleet as SimFleet
 from simulators.fleet import generate_fleet
@@ -214,20 +216,46 @@ async def ingest(settings: Settings) -> AsyncIterator[Callable[[], Awaitable[Run
             await handle.stop()
 
 
+async def create_key(database_url: str, *scopes: Scope, name: str | None = None) -> str:
+    """A new API key with ``scopes`` in the test's database, through the storage layer."""
+    key = generate_key()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        await api_keys.create_key(
+            pool, name or f"test-{uuid.uuid4().hex[:10]}", frozenset(scopes), hash_key(key)
+        )
+    finally:
+        await pool.close()
+    return key
+
+
 @contextlib.asynccontextmanager
-async def serve_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it."""
+async def serve_api(
+    settings: Settings, *, key_scopes: tuple[Scope, ...] = (Scope.ADMIN,)
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it.
+
+    The client sends a new key with ``key_scopes`` (admin: every route); none when empty.
+    """
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
+    database_url = settings.database_url.get_secret_value()
+    headers = (
+        {"Authorization": f"Bearer {await create_key(database_url, *key_scopes)}"}
+        if key_scopes
+        else {}
+    )
     async with asyncio.timeout(10):
         while not server.started:
             await asyncio.sleep(0.02)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers
+        ) as client:
             async with asyncio.timeout(10):
                 while (await client.get("/readyz")).status_code != 200:
                     await asyncio.sleep(0.05)
@@ -240,7 +268,7 @@ async def serve_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with the test's settings, and an HTTP client for it."""
+    """The API with the test's settings, and an HTTP client for it with an admin key."""
     async with serve_api(settings) as client:
         yield client
 

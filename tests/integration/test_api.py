@@ -308,7 +308,8 @@ async def test_unknown_ids_are_404(
         ("/v1/parking/free", {"lat": 33.5, "lon": -7.5, "limit": 0}, "query parameter 'limit'"),
         ("/v1/containers", {"min_fill_pct": 150}, "query parameter 'min_fill_pct'"),
         ("/v1/containers", {"bbox": "1,2,3"}, "bbox must be four numbers"),
-        ("/v1/containers", {"bbox": "-7.5,33.6,-7.6,33.5"}, "min_lon < max_lon"),
+        ("/v1/containers", {"bbox": "-7.5,33.5,-7.5,33.6"}, "longitudes must be different"),
+        ("/v1/containers", {"bbox": "-7.6,33.6,-7.5,33.5"}, "min_lat < max_lat"),
         ("/v1/containers", {"limit": 100000}, "query parameter 'limit'"),
         (
             "/v1/containers/T-WC-000/readings",

@@ -6,13 +6,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from citytel import __version__
+from citytel.api.auth import KeyChecker
 from citytel.api.deps import refuse_nul
+from citytel.api.limits import BodyLimit
 from citytel.api.live_spots import LiveSpots
 from citytel.api.routes import (
     collection,
@@ -20,12 +25,16 @@ from citytel.api.routes import (
     dead_letters,
     devices,
     health,
+    keys,
     parking,
     zones,
 )
 from citytel.config import Settings, get_settings
 from citytel.errors import (
+    ConflictError,
     InvalidQueryError,
+    MissingScopeError,
+    NotAuthenticatedError,
     NotFoundError,
     StorageError,
     TransientStorageError,
@@ -34,6 +43,8 @@ from citytel.ingest.pipeline import Decoders
 from citytel.storage.pool import wait_for_pool
 
 log = logging.getLogger(__name__)
+
+_DOCS_ASSETS = Path(__file__).resolve().parent / "static" / "docs"
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -54,8 +65,26 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     # One place decides the status of every domain error.
+    if isinstance(exc, NotAuthenticatedError):
+        return JSONResponse(
+            status_code=401,
+            content={"detail": str(exc)},
+            headers={"WWW-Authenticate": 'Bearer realm="citytel"'},
+        )
+    if isinstance(exc, MissingScopeError):
+        return JSONResponse(
+            status_code=403,
+            content={"detail": str(exc)},
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer realm="citytel", error="insufficient_scope", scope="{exc.scope}"'
+                )
+            },
+        )
     if isinstance(exc, NotFoundError):
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+    if isinstance(exc, ConflictError):
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
     if isinstance(exc, InvalidQueryError):
         return JSONResponse(status_code=422, content={"detail": str(exc)})
     if isinstance(exc, TransientStorageError):
@@ -100,11 +129,17 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         title="citytel",
         version=__version__,
         summary="Waste-container fill levels and parking occupancy for a city, live.",
+        description="Every route but the health checks needs an API key with the scope it names "
+        "(`citytel keys create`); send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
         lifespan=lifespan,
+        # Served below from the package's own copies (scripts/vendor_docs.sh), not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.pool = None
     app.state.decoders = Decoders.from_settings(settings)
+    app.state.key_checker = KeyChecker(settings)
     app.state.live_spots = (
         LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
     )
@@ -112,6 +147,10 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.add_exception_handler(NotFoundError, _domain_error)
     app.add_exception_handler(InvalidQueryError, _domain_error)
     app.add_exception_handler(StorageError, _domain_error)
+    app.add_exception_handler(ConflictError, _domain_error)
+    app.add_exception_handler(NotAuthenticatedError, _domain_error)
+    app.add_exception_handler(MissingScopeError, _domain_error)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.include_router(health.router)
     app.include_router(containers.router)
     app.include_router(collection.router)
@@ -119,7 +158,36 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(zones.router)
     app.include_router(devices.router)
     app.include_router(dead_letters.router)
+    app.include_router(keys.router)
+    _serve_docs(app)
     return app
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs and /redoc, with every asset served by the API itself."""
+    assets = "/static/docs"
+    app.mount(assets, StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{assets}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/swagger-ui/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} API",
+            redoc_js_url=f"{assets}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/swagger-ui/favicon-32x32.png",
+            with_google_fonts=False,
+        )
 
 
 def create_app_from_env() -> FastAPI:

@@ -10,6 +10,7 @@ import asyncpg
 from fastapi import Depends, Request
 
 from citytel.api.live_spots import LiveSpots
+from citytel.api.schemas import within_calendar
 from citytel.config import Settings
 from citytel.errors import InvalidQueryError, TransientStorageError
 
@@ -48,7 +49,11 @@ def require_offset(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
         message = f"'{name}' must include a UTC offset, like 2026-05-01T08:00:00Z"
         raise InvalidQueryError(message)
-    return value
+    try:
+        return within_calendar(value)
+    except ValueError as exc:
+        message = f"'{name}' {exc}"
+        raise InvalidQueryError(message) from None
 
 
 async def refuse_nul(request: Request) -> None:

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from citytel.domain import Reason
+from citytel.keys import Scope
+
+# The largest id PostgreSQL's bigint holds: a larger one cannot name anything, so it is a 422.
+MAX_ID = 2**63 - 1
+# Times a query may name: a day inside Python's calendar, so that a default range of a day
+# before or after one never leaves it.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def within_calendar(value: datetime) -> datetime:
+    """``value`` if it lies between 0001-01-02 and 9999-12-30 UTC, else ValueError saying so."""
+    try:
+        inside = EARLIEST <= value.astimezone(UTC) <= LATEST
+    except OverflowError:
+        inside = False
+    if not inside:
+        message = "must be between 0001-01-02 and 9999-12-30 (UTC)"
+        raise ValueError(message)
+    return value
 
 
 class Location(BaseModel):
@@ -227,10 +247,12 @@ class ReplayRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] | None = Field(default=None, max_length=10_000)
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
+        default=None, max_length=10_000
+    )
     reason: Reason | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: Annotated[AwareDatetime, AfterValidator(within_calendar)] | None = None
+    until: Annotated[AwareDatetime, AfterValidator(within_calendar)] | None = None
     all: bool = False
     limit: int = Field(default=1000, ge=1, le=10_000)
 
@@ -296,3 +318,28 @@ class DeviceAttentionPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+
+
+class ApiKeyCreate(BaseModel):
+    """A key to create: its name and scopes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["dispatch-app"])
+    scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
+
+
+class ApiKeyPublic(BaseModel):
+    """An API key as listed: never the key itself."""
+
+    name: str
+    scopes: list[Scope]
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="to within the touch interval")
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """A new key, with the key itself: shown this once, stored only as a hash."""
+
+    key: str

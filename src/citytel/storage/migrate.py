@@ -245,6 +245,34 @@ def _apply_timescale_policies(
     return changed
 
 
+def _apply_roles(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> None:
+    # After every run: the aggregates exist only once TimescaleDB is there, and a password is a
+    # setting, not a migration.
+    roles = {
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname IN ('citytel_ingest', 'citytel_api')"
+        ).fetchall()
+    }
+    if "citytel_api" in roles:
+        for view in HISTORY_AGGREGATES:
+            if conn.execute("SELECT to_regclass(%s)", (view,)).fetchone() != (None,):
+                conn.execute(
+                    sql.SQL("GRANT SELECT ON {} TO citytel_api").format(sql.Identifier(view))
+                )
+    passwords = {
+        "citytel_ingest": settings.database_ingest_password,
+        "citytel_api": settings.database_api_password,
+    }
+    for role, password in passwords.items():
+        if role in roles and password is not None:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password.get_secret_value())
+                )
+            )
+
+
 def migrate(settings: Settings, *, database_url: str | None = None) -> MigrationReport:
     """Apply every pending migration to the configured database; a no-op when none is pending.
 
@@ -310,6 +338,7 @@ def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -
             _apply(conn, migration)
             applied.append(migration.name)
         changed: list[str] = []
+        _apply_roles(conn, settings)
         if timescale:
             changed = _apply_timescale_policies(conn, settings)
             version = conn.execute(

@@ -17,11 +17,27 @@ _CONTAINER_COLUMNS = """
     l.cycle_started_at, l.cycle_start_fill_pct, l.last_cycle_rate_pct_h
 """
 
-_CONTAINER_FILTER = """
+
+def _in_box(location: str, first: int) -> str:
+    """SQL: ``location`` lies in the box of parameters ``$first`` to ``$first+3`` (GeoJSON order).
+
+    Plain longitude and latitude comparisons, not a geography envelope: PostGIS draws a geography
+    box's edges as great circles, which turns a box wider than a hemisphere inside out (and the
+    whole world into an error). min_lon > max_lon is a box across the antimeridian.
+    """
+    min_lon, min_lat, max_lon, max_lat = (f"${first + i}" for i in range(4))
+    lon, lat = f"ST_X({location}::geometry)", f"ST_Y({location}::geometry)"
+    return (
+        f"({lat} BETWEEN {min_lat} AND {max_lat} AND CASE WHEN {min_lon} <= {max_lon}"
+        f" THEN {lon} BETWEEN {min_lon} AND {max_lon}"
+        f" ELSE {lon} >= {min_lon} OR {lon} <= {max_lon} END)"
+    )
+
+
+_CONTAINER_FILTER = f"""
 WHERE ($1::text IS NULL OR c.zone = $1)
   AND ($2::float8 IS NULL OR l.fill_pct >= $2)
-  AND ($3::float8 IS NULL
-       OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
+  AND ($3::float8 IS NULL OR {_in_box("c.location", 3)})
 """
 
 # The page and the total are two queries: a window count would make every match be joined,
@@ -45,13 +61,12 @@ LEFT JOIN container_latest l ON l.container_id = c.id
 # The same list when a fill threshold is given (dispatch's question): only containers with a
 # fill level can match, so the walk starts from container_latest in the order of its index
 # (migrations/0008_fill_order.sql) and stops after the page. $2 is never NULL here.
-_FULL_ENOUGH = """
+_FULL_ENOUGH = f"""
 FROM container_latest l
 JOIN containers c ON c.id = l.container_id
 WHERE l.fill_pct >= $2
   AND ($1::text IS NULL OR c.zone = $1)
-  AND ($3::float8 IS NULL
-       OR ST_Intersects(c.location, ST_MakeEnvelope($3, $4, $5, $6, 4326)::geography))
+  AND ($3::float8 IS NULL OR {_in_box("c.location", 3)})
 """
 
 LIST_FULL_CONTAINERS = f"""
@@ -74,8 +89,7 @@ FROM containers c
 JOIN container_latest l ON l.container_id = c.id
 WHERE l.fill_pct IS NOT NULL
   AND ($1::text IS NULL OR c.zone = $1)
-  AND ($2::float8 IS NULL
-       OR ST_Intersects(c.location, ST_MakeEnvelope($2, $3, $4, $5, 4326)::geography))
+  AND ($2::float8 IS NULL OR {_in_box("c.location", 2)})
 """  # noqa: S608
 
 GET_CONTAINER = f"""

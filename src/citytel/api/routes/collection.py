@@ -8,14 +8,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep
 from citytel.api.routes.containers import container_public, fill_state, parse_bbox
 from citytel.api.schemas import CollectionRound, CollectionStop, Location
 from citytel.collection import Round, Stop, due_first, plan_round, reaches_at
 from citytel.errors import InvalidQueryError
+from citytel.keys import Scope
 from citytel.storage import queries
 
-router = APIRouter(prefix="/v1/collection", tags=["collection"])
+router = APIRouter(
+    prefix="/v1/collection", tags=["collection"], dependencies=[require(Scope.CONTAINERS_READ)]
+)
 
 
 @router.get("/round", response_model=CollectionRound)

@@ -10,6 +10,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep, require_offset
 from citytel.api.schemas import (
     BucketPublic,
@@ -21,14 +22,18 @@ from citytel.api.schemas import (
 )
 from citytel.collection import FillCycle, fill_rate_pct_h, reaches_at
 from citytel.errors import InvalidQueryError
+from citytel.keys import Scope
 from citytel.storage import queries
 from citytel.storage.queries import BBox
 
-router = APIRouter(prefix="/v1/containers", tags=["containers"])
+router = APIRouter(
+    prefix="/v1/containers", tags=["containers"], dependencies=[require(Scope.CONTAINERS_READ)]
+)
 
-_BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
+_BUCKET = re.compile(r"^(\d{1,9})(s|m|h|d)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MAX_BUCKETS = 10_000
+MAX_BUCKET = timedelta(days=366)
 DEFAULT_RANGE = timedelta(hours=24)
 
 FromQuery = Annotated[
@@ -80,8 +85,13 @@ def parse_bbox(raw: str) -> BBox:
         message = f"bbox must be four numbers min_lon,min_lat,max_lon,max_lat; got {raw!r}"
         raise InvalidQueryError(message)
     box = BBox(*values)
-    if not (-180 <= box.min_lon < box.max_lon <= 180):
-        message = "bbox longitudes must satisfy -180 <= min_lon < max_lon <= 180"
+    if not (-180 <= box.min_lon <= 180 and -180 <= box.max_lon <= 180) or (
+        box.min_lon == box.max_lon
+    ):
+        message = (
+            "bbox longitudes must be different and within -180 to 180 "
+            "(min_lon > max_lon: a box across the antimeridian)"
+        )
         raise InvalidQueryError(message)
     if not (-90 <= box.min_lat < box.max_lat <= 90):
         message = "bbox latitudes must satisfy -90 <= min_lat < max_lat <= 90"
@@ -92,12 +102,14 @@ def parse_bbox(raw: str) -> BBox:
 def parse_bucket(raw: str) -> timedelta:
     """``30s``, ``15m``, ``1h``, ``1d`` as a duration, or InvalidQueryError."""
     match = _BUCKET.match(raw.strip())
-    if match is None or int(match.group(1)) == 0:
+    step = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))}) if match is not None else None
+    if step is None or not timedelta(0) < step <= MAX_BUCKET:
         message = (
-            f"bucket must be a positive whole number of s, m, h or d, like 15m or 1h; got {raw!r}"
+            "bucket must be a positive whole number of s, m, h or d up to 366d, like 15m or 1h; "
+            f"got {raw[:40]!r}"
         )
         raise InvalidQueryError(message)
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    return step
 
 
 def history_range(
@@ -125,7 +137,11 @@ async def list_containers(
     ] = None,
     bbox: Annotated[
         str | None,
-        Query(description="min_lon,min_lat,max_lon,max_lat", examples=["-7.65,33.55,-7.55,33.62"]),
+        Query(
+            description="min_lon,min_lat,max_lon,max_lat; min_lon > max_lon crosses the "
+            "antimeridian",
+            examples=["-7.65,33.55,-7.55,33.62"],
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,

@@ -7,20 +7,32 @@ from datetime import datetime
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep, require_offset
-from citytel.api.schemas import DeadLetterPage, DeadLetterPublic, ReplayRequest, ReplayResult
+from citytel.api.schemas import (
+    MAX_ID,
+    DeadLetterPage,
+    DeadLetterPublic,
+    ReplayRequest,
+    ReplayResult,
+)
 from citytel.domain import Reason
 from citytel.errors import InvalidQueryError
 from citytel.ingest.pipeline import Decoders
 from citytel.ingest.replay import replay
+from citytel.keys import Scope
 from citytel.storage import dead_letters
 from citytel.storage.dead_letters import DeadLetterFilter
 
-router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+router = APIRouter(
+    prefix="/v1/dead-letters", tags=["dead letters"], dependencies=[require(Scope.OPS)]
+)
 
 MAX_REPLAY = 10_000
+
+LetterId = Annotated[int, Path(ge=1, le=MAX_ID, description="the dead letter's id")]
 
 
 def dead_letter_public(row: asyncpg.Record) -> DeadLetterPublic:
@@ -51,7 +63,7 @@ async def list_dead_letters(
     since: Annotated[datetime | None, Query(description="last received at or after")] = None,
     until: Annotated[datetime | None, Query(description="last received before")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> DeadLetterPage:
     """Messages that could not become readings, newest first, with the reason for each."""
     where = DeadLetterFilter(
@@ -66,7 +78,7 @@ async def list_dead_letters(
 
 
 @router.get("/{letter_id}", response_model=DeadLetterPublic, responses={404: {}})
-async def get_dead_letter(pool: PoolDep, letter_id: int) -> DeadLetterPublic:
+async def get_dead_letter(pool: PoolDep, letter_id: LetterId) -> DeadLetterPublic:
     """One dead letter."""
     return dead_letter_public(await dead_letters.get_dead_letter(pool, letter_id))
 
@@ -103,7 +115,7 @@ async def replay_matching(request: Request, pool: PoolDep, body: ReplayRequest) 
 
 
 @router.post("/{letter_id}/replay", response_model=ReplayResult, responses={404: {}})
-async def replay_one(request: Request, pool: PoolDep, letter_id: int) -> ReplayResult:
+async def replay_one(request: Request, pool: PoolDep, letter_id: LetterId) -> ReplayResult:
     """Run one dead letter through ingestion again."""
     await dead_letters.get_dead_letter(pool, letter_id)
     return await _replay(request, pool, DeadLetterFilter(ids=[letter_id]), 1)

@@ -9,11 +9,13 @@ from typing import Annotated, Literal
 import asyncpg
 from fastapi import APIRouter, Query
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep
 from citytel.api.schemas import DeviceAttention, DeviceAttentionPage, DeviceProblem, Location
+from citytel.keys import Scope
 from citytel.storage import queries
 
-router = APIRouter(prefix="/v1/devices", tags=["devices"])
+router = APIRouter(prefix="/v1/devices", tags=["devices"], dependencies=[require(Scope.OPS)])
 
 ProblemKind = Literal["fault", "silent", "never_heard", "low_battery"]
 

@@ -7,13 +7,17 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Query, Response
 
+from citytel.api.auth import require
 from citytel.api.deps import LiveSpotsDep, PoolDep, SettingsDep
 from citytel.api.schemas import FreeSpots, Location, SpotPublic
 from citytel.api.spot_index import rfc3339
 from citytel.errors import InvalidQueryError
+from citytel.keys import Scope
 from citytel.storage import queries
 
-router = APIRouter(prefix="/v1/parking", tags=["parking"])
+router = APIRouter(
+    prefix="/v1/parking", tags=["parking"], dependencies=[require(Scope.PARKING_READ)]
+)
 
 
 def _status(row: asyncpg.Record) -> str:

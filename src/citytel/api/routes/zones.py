@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query
 
+from citytel.api.auth import require
 from citytel.api.deps import PoolDep
 from citytel.api.routes.containers import FromQuery, ToQuery, history_range
 from citytel.api.schemas import (
@@ -20,9 +21,12 @@ from citytel.api.schemas import (
     ZoneWeek,
 )
 from citytel.errors import InvalidQueryError
+from citytel.keys import Scope
 from citytel.storage import queries
 
-router = APIRouter(prefix="/v1/zones", tags=["zones"])
+router = APIRouter(
+    prefix="/v1/zones", tags=["zones"], dependencies=[require(Scope.CONTAINERS_READ)]
+)
 
 
 @router.get("", response_model=list[ZonePublic])
