@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,9 +16,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from citytel.config import Settings, get_settings
+from pydantic import ValidationError
+
+from citytel.config import Settings, describe_invalid_settings, get_settings
 from citytel.errors import CitytelError, ConfigurationError
-from citytel.settings_help import describe_settings, settings_epilog
+from citytel.settings_help import describe_settings, mask_url, settings_epilog
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -68,20 +72,49 @@ async def _until_signalled() -> asyncio.Event:
 
 
 def _ingest(settings: Settings, _args: argparse.Namespace) -> int:
+    from citytel.ingest.metrics import IngestMetrics
     from citytel.ingest.pipeline import run_ingest
+
+    metrics = None
+    if settings.ingest_metrics_port:
+        metrics = IngestMetrics()
+        metrics.serve(settings.ingest_metrics_host, settings.ingest_metrics_port)
 
     async def main() -> None:
         stop = await _until_signalled()
-        await run_ingest(settings, stop=stop)
+        await run_ingest(settings, stop=stop, metrics=metrics)
 
     _run(main())
     return 0
+
+
+async def _check_database(settings: Settings) -> None:
+    """Stop a server before it starts on a database that refuses it for good or lacks tables.
+
+    A database that is merely unreachable is not a reason: the API starts, answers 503 and
+    keeps trying.
+    """
+    from citytel.errors import TransientStorageError
+    from citytel.storage.migrate import require_migrated
+    from citytel.storage.pool import create_pool
+
+    try:
+        pool = await create_pool(settings)
+    except TransientStorageError as exc:
+        log.warning("%s; starting anyway, and trying again", exc)
+        return
+    try:
+        await require_migrated(pool)
+    finally:
+        await pool.close()
 
 
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from citytel.api.app import create_app
+
+    _run(_check_database(settings))
 
     if settings.api_workers > 1:
         # Worker processes import the app themselves, each building it from the environment.
@@ -271,16 +304,61 @@ def _demo_key(settings: Settings) -> str:
     return key
 
 
+def _demo_environment() -> tuple[dict[str, str], bool]:
+    """The demo's child processes' environment, and whether their MQTT session is the demo's own.
+
+    Unless CITYTEL_MQTT_CLIENT_ID is set, ingest runs as a client id of the demo's own, whose
+    persistent session the demo ends on a clean exit instead of leaving it on the broker.
+    """
+    env = dict(os.environ)
+    if "CITYTEL_MQTT_CLIENT_ID" in env:
+        return env, False
+    env["CITYTEL_MQTT_CLIENT_ID"] = f"citytel-demo-{socket.gethostname()}"[:128]
+    return env, True
+
+
+def _end_demo_session(settings: Settings, client_id: str, *, own: bool) -> None:
+    from citytel.ingest.mqtt import probe_broker
+
+    if not own:
+        log.info(
+            "the broker keeps ingest's persistent session (client id %s) for %d s "
+            "(CITYTEL_MQTT_SESSION_EXPIRY_S); the next run resumes it",
+            client_id,
+            settings.mqtt_session_expiry_s,
+        )
+        return
+
+    async def end() -> str | None:
+        return await probe_broker(settings, within=5.0, client_id=client_id)
+
+    with asyncio.Runner() as runner:
+        failure = runner.run(end())
+    if failure is None:
+        log.info("ended the demo's MQTT session (client id %s) on the broker", client_id)
+    else:
+        log.warning(
+            "the demo's MQTT session (client id %s) stays on the broker for up to %d s: %s",
+            client_id,
+            settings.mqtt_session_expiry_s,
+            failure,
+        )
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    log.info("step 1 of 3: migrating the database")
     _migrate(settings, args)
+    log.info("step 2 of 3: importing the demo fleet %s", settings.fleet_file)
     _fleet_import(settings, argparse.Namespace(file=settings.fleet_file))
     key = _demo_key(settings)
+    log.info("step 3 of 3: starting ingest, the API and the simulator")
+    env, own_session = _demo_environment()
     me = [sys.executable, "-m", "citytel"]
     processes = {
-        "ingest": subprocess.Popen([*me, "ingest"]),  # noqa: S603
-        "api": subprocess.Popen([*me, "api"]),  # noqa: S603
+        "ingest": subprocess.Popen([*me, "ingest"], env=env),  # noqa: S603
+        "api": subprocess.Popen([*me, "api"], env=env),  # noqa: S603
         "simulate": subprocess.Popen(  # noqa: S603
-            [*me, "simulate", "--rate", str(args.rate), "--speedup", str(args.speedup)]
+            [*me, "simulate", "--rate", str(args.rate), "--speedup", str(args.speedup)], env=env
         ),
     }
     base = f"http://{settings.api_host}:{settings.api_port}"
@@ -294,7 +372,8 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         f"  free parking    curl {auth} "
         f"'{base}/v1/parking/free?lat=33.5731&lon=-7.5898&radius_m=800'\n"
         f"  a zone          curl {auth} '{base}/v1/zones/maarif'\n"
-        f"  readiness       curl '{base}/readyz'\n\n"
+        f"  readiness       curl '{base}/readyz'\n"
+        f"  MQTT broker     {mask_url(settings.mqtt_url)}\n\n"
     )
     sys.stdout.flush()
     stopping = threading.Event()
@@ -316,6 +395,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     if failed:
         log.error("demo process(es) exited with an error: %s", ", ".join(failed))
         return 1
+    _end_demo_session(settings, env["CITYTEL_MQTT_CLIENT_ID"], own=own_session)
     return 0
 
 
@@ -492,7 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``citytel`` console script."""
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        # Before logging is configured (the log level is a setting too): plain lines on stderr.
+        sys.stderr.write("".join(f"citytel: {line}\n" for line in describe_invalid_settings(exc)))
+        return 2
     _configure_logging(settings)
     handlers = {
         "migrate": _migrate,

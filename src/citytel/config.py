@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citytel.errors import ConfigurationError
@@ -62,7 +62,10 @@ def _default_client_id() -> str:
 class Settings(BaseSettings):
     """Everything citytel can be told from outside. Defaults work on a local developer machine."""
 
-    model_config = SettingsConfigDict(env_prefix="CITYTEL_", extra="ignore")
+    # Inputs are never quoted in validation errors: a URL may carry a password.
+    model_config = SettingsConfigDict(
+        env_prefix="CITYTEL_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: SecretStr = SecretStr("postgresql://postgres:postgres@127.0.0.1:5432/citytel")
     database_pool_size: int = Field(default=10, ge=1, le=200)
@@ -93,6 +96,9 @@ class Settings(BaseSettings):
     ingest_concurrency: int = Field(default=3, ge=1, le=32)
     ingest_max_future_s: int = Field(default=300, ge=0)
     ingest_stats_interval_s: float = Field(default=30.0, gt=0)
+    # Prometheus metrics of `citytel ingest` (/metrics); port 0 switches them off.
+    ingest_metrics_host: str = "127.0.0.1"
+    ingest_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
@@ -161,6 +167,20 @@ class Settings(BaseSettings):
         """Where fleet devices must stand (CITYTEL_FLEET_SERVICE_AREA), or None for anywhere."""
         return parse_service_area(self.fleet_service_area) if self.fleet_service_area else None
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_usable(cls, value: SecretStr) -> SecretStr:
+        database_address(value.get_secret_value())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            message = "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+            raise ValueError(message)
+        return value
+
     @field_validator("timescale_retention", "timescale_aggregate_retention")
     @classmethod
     def _retention_is_a_period(cls, value: str) -> str:
@@ -183,6 +203,11 @@ class Settings(BaseSettings):
     def retention_period(self) -> timedelta:
         """How long readings are kept (CITYTEL_TIMESCALE_RETENTION); older ones are refused."""
         return parse_period(self.timescale_retention)
+
+    @property
+    def database_where(self) -> str:
+        """``host:port/database`` of ``database_url``, for messages: never the user or password."""
+        return database_address(self.database_url.get_secret_value())
 
     @property
     def mqtt_host_port(self) -> tuple[str, int]:
@@ -226,6 +251,43 @@ def _broker_address(url: str) -> tuple[str, int]:
         )
         raise ConfigurationError(message)
     return parts.hostname, port or (8883 if parts.scheme in _TLS_SCHEMES else 1883)
+
+
+def database_address(url: str) -> str:
+    """``host:port/database`` of a PostgreSQL URL; ValueError naming the setting otherwise.
+
+    The message never quotes the URL: it may carry a password.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in {"postgresql", "postgres"} or port == -1:
+        message = (
+            "CITYTEL_DATABASE_URL must look like postgresql://user:password@host:5432/citytel "
+            "(scheme postgresql, an optional port from 1 to 65535)"
+        )
+        raise ValueError(message)
+    host = parts.hostname or "localhost"
+    return f"{host}:{port or 5432}{parts.path or '/'}"
+
+
+def describe_invalid_settings(error: ValidationError) -> list[str]:
+    """One line per invalid setting, naming its variable, what is wrong and the fix.
+
+    Never the value itself: it may be a password.
+    """
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        names = [str(part) for part in problem["loc"]]
+        variable = "CITYTEL_" + (names[0].upper() if names else "?")
+        reason = str(problem["msg"]).removeprefix("Value error, ")
+        reason = reason.removeprefix(f"{variable} ")
+        lines.append(
+            f"invalid setting {variable}: {reason}; fix it, or unset it to use the default"
+        )
+    return lines
 
 
 @lru_cache(maxsize=1)

@@ -408,7 +408,7 @@ class MqttConsumer:
     """A persistent-session, manual-ack subscriber, reconnecting by itself after any loss.
 
     Counters for logs and metrics are plain attributes: ``sessions_lost``, ``reconnects`` (by
-    cause), and the properties ``inbox_depth`` and ``in_flight_unacked``.
+    cause), ``messages_received``, and the properties ``inbox_depth`` and ``in_flight_unacked``.
     """
 
     def __init__(self, settings: Settings, subscriptions: list[str]) -> None:
@@ -429,6 +429,8 @@ class MqttConsumer:
         """Reconnects on which the broker no longer had our session (messages may be lost)."""
         self.reconnects: Counter[str] = Counter()
         """Connections ended or attempts failed, by cause (``session taken over``, ...)."""
+        self.messages_received = 0
+        """PUBLISH packets delivered by the broker, redeliveries included."""
 
     @property
     def client_id(self) -> str:
@@ -519,6 +521,7 @@ class MqttConsumer:
 
     def deliver(self, messages: list[InboundMessage]) -> None:
         """Called by the connection with what one read delivered."""
+        self.messages_received += len(messages)
         self._inbox.put(messages)
 
     def _pause(self) -> None:
@@ -746,12 +749,15 @@ class MqttConsumer:
             log.warning("%d unacknowledged messages will be redelivered", dropped)
 
 
-async def probe_broker(settings: Settings, *, within: float = 2.0) -> str | None:
+async def probe_broker(
+    settings: Settings, *, within: float = 2.0, client_id: str | None = None
+) -> str | None:
     """Check that the broker accepts an MQTT connection; None when it does, else why not.
 
     A bare CONNECT/CONNACK exchange with a clean session that ends with the connection: it
     proves more than an open TCP port (and, for ``mqtts://``, that TLS is set up on both
-    sides), and leaves nothing behind on the broker.
+    sides), and leaves nothing behind on the broker. Given the ``client_id`` of a persistent
+    session, the clean start ends that session (what the demo does to its own on a clean exit).
     """
     host, port = settings.mqtt_host_port
     try:
@@ -761,7 +767,7 @@ async def probe_broker(settings: Settings, *, within: float = 2.0) -> str | None
     password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
     # A client id of its own: a shared one would make concurrent probes disconnect each other.
     packet = wire.encode_connect(
-        f"citytel-probe-{secrets.token_hex(6)}",
+        client_id or f"citytel-probe-{secrets.token_hex(6)}",
         keepalive=10,
         clean_start=True,
         username=settings.mqtt_username,

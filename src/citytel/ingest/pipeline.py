@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,15 +16,23 @@ import asyncpg
 from citytel.config import Settings
 from citytel.decoding.profiles import DeviceProfile, load_profiles
 from citytel.domain import DeadLetter, DecodedMessage, Reason
-from citytel.errors import IngestFailed, RejectedMessage, StorageError, TransientStorageError
+from citytel.errors import (
+    CitytelError,
+    IngestFailed,
+    RejectedMessage,
+    StorageError,
+    TransientStorageError,
+)
 from citytel.formats.chirpstack import chirpstack_subscriptions
 from citytel.formats.lorawan import decode_lorawan, is_lorawan_topic
 from citytel.formats.native import decode_native
 from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
 from citytel.ingest.lorawan import PendingUplink, interpret
+from citytel.ingest.metrics import IngestMetrics
 from citytel.ingest.mqtt import InboundMessage, MqttConsumer
 from citytel.storage.gateways import mark_seen
+from citytel.storage.migrate import require_migrated
 from citytel.storage.pool import wait_for_pool
 from citytel.storage.sensors import resolve_sensors
 from citytel.storage.writer import BatchOutcome, store_batch, store_dead_letters
@@ -47,8 +56,11 @@ class IngestStats:
     batch_failures: int = 0
     ignored: int = 0
     events: int = 0
+    # time.monotonic() of the last commit; the start before the first.
+    last_commit: float = field(default_factory=time.monotonic)
 
     def add(self, messages: int, outcome: BatchOutcome) -> None:
+        self.last_commit = time.monotonic()
         self.messages += messages
         self.readings_stored += outcome.stored
         self.duplicates += outcome.duplicates
@@ -428,8 +440,11 @@ async def run_ingest(
     stop: asyncio.Event,
     subscribed: asyncio.Event | None = None,
     database_url: str | None = None,
+    metrics: IngestMetrics | None = None,
 ) -> IngestStats:
     """Consume the subscription until ``stop`` is set.
+
+    ``metrics``, when given, read this run's totals at each scrape and time each batch's commit.
 
     ``subscribed``, when given, is set once the broker has granted the subscription: from then
     on, every message published to it is ours to store.
@@ -443,7 +458,15 @@ async def run_ingest(
     pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
     if pool is None:
         return stats
+    try:
+        # Without its tables, ingest would stall at the first message: refuse at start instead.
+        await require_migrated(pool)
+    except CitytelError:
+        await pool.close()
+        raise
     decoders = Decoders.from_settings(settings)
+    if metrics is not None:
+        metrics.watch(stats, consumer)
     consumer.start()
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     flush_after = settings.ingest_flush_ms / 1000
@@ -459,12 +482,15 @@ async def run_ingest(
     broken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def handle(batch: list[InboundMessage]) -> None:
+        started = time.monotonic()
         try:
             outcome = await process_guarded(pool, batch, decoders, stop=stop, stats=stats)
             if outcome is not None:
                 consumer.ack(batch)
                 stats.add(len(batch), outcome)
                 seen.add(batch)
+                if metrics is not None:
+                    metrics.commit_seconds.observe(stats.last_commit - started)
         except Exception as exc:
             # Isolating the batch failed too: this worker cannot store anything. It ends, so
             # that its supervisor restarts it, rather than stay connected holding messages.

@@ -22,14 +22,18 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import asyncpg
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from citytel.config import Settings
 from citytel.errors import ConfigurationError, StorageError
+from citytel.storage.pool import connection
 
 log = logging.getLogger(__name__)
+
+NOT_MIGRATED = "database not migrated: run `citytel migrate`"
 
 _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _DIRECTIVE = re.compile(r"^--\s*citytel:\s*(.+?)\s*$", re.MULTILINE)
@@ -388,3 +392,33 @@ def ensure_database(settings: Settings) -> bool:
     except psycopg.Error as exc:
         message = f"cannot create database {name!r}: {exc}"
         raise StorageError(message) from exc
+
+
+async def missing_migrations(pool: asyncpg.Pool) -> list[str]:
+    """The migrations every citytel database needs that this one has not had, in order.
+
+    Those that require TimescaleDB are left out: a plain PostgreSQL database never gets them.
+    Empty when the database is ready for this version of citytel.
+
+    Raises:
+        StorageError: the database could not be read.
+    """
+    needed = [m for m in load_migrations(migrations_dir()) if not m.requires_timescaledb]
+    async with connection(pool) as conn:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+            return [m.name for m in needed]
+        rows = await conn.fetch("SELECT version FROM schema_migrations")
+    applied = {row["version"] for row in rows}
+    return [m.name for m in needed if m.version not in applied]
+
+
+async def require_migrated(pool: asyncpg.Pool) -> None:
+    """Refuse to work on a database that lacks some of this version's migrations.
+
+    Raises:
+        ConfigurationError: saying which are missing and to run ``citytel migrate``.
+    """
+    missing = await missing_migrations(pool)
+    if missing:
+        message = f"{NOT_MIGRATED} (missing: {', '.join(missing)})"
+        raise ConfigurationError(message)

@@ -78,8 +78,20 @@ LIMIT $7 OFFSET $8
 
 COUNT_FULL_CONTAINERS = f"SELECT count(*) {_FULL_ENOUGH}"
 
-# Without a zone or a box the registry need not be joined: every latest state has a container.
-COUNT_FULL_CONTAINERS_ANYWHERE = "SELECT count(*) FROM container_latest WHERE fill_pct >= $1"
+# Dispatch's page and its total in one round trip: the total is an uncorrelated subquery that
+# runs once beside the page's index walk, and without the registry join when no zone or box is
+# asked (every latest state has a container). An empty page carries no total: then it is counted
+# on its own (COUNT_FULL_CONTAINERS).
+LIST_FULL_CONTAINERS_WITH_TOTAL = f"""
+WITH page AS ({LIST_FULL_CONTAINERS})
+SELECT page.*,
+       CASE WHEN $1::text IS NULL AND $3::float8 IS NULL
+            THEN (SELECT count(*) FROM container_latest WHERE fill_pct >= $2)
+            ELSE (SELECT count(*) {_FULL_ENOUGH})
+       END AS total
+FROM page
+ORDER BY page.fill_pct DESC, page.id
+"""  # noqa: S608
 
 # The containers a collection round may include: every one with a fill level, in a zone or a
 # box if asked. Which are due is decided in Python (citytel.collection), from the fill cycle.
@@ -397,17 +409,17 @@ async def list_containers(
 ) -> tuple[list[asyncpg.Record], int]:
     """Containers matching the filters, fullest first, and how many match in all."""
     box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
-    listing, counting = (
-        (LIST_CONTAINERS, COUNT_CONTAINERS)
-        if min_fill_pct is None
-        else (LIST_FULL_CONTAINERS, COUNT_FULL_CONTAINERS)
-    )
     async with connection(pool) as conn:
-        rows = await conn.fetch(listing, zone, min_fill_pct, *box, limit, offset)
-        if min_fill_pct is not None and zone is None and bbox is None:
-            total = await conn.fetchval(COUNT_FULL_CONTAINERS_ANYWHERE, min_fill_pct)
-        else:
-            total = await conn.fetchval(counting, zone, min_fill_pct, *box)
+        if min_fill_pct is not None:
+            rows = await conn.fetch(
+                LIST_FULL_CONTAINERS_WITH_TOTAL, zone, min_fill_pct, *box, limit, offset
+            )
+            if rows:
+                return rows, int(rows[0]["total"])
+            total = await conn.fetchval(COUNT_FULL_CONTAINERS, zone, min_fill_pct, *box)
+            return rows, int(total)
+        rows = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, limit, offset)
+        total = await conn.fetchval(COUNT_CONTAINERS, zone, min_fill_pct, *box)
     return rows, int(total)
 
 
