@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, drain, jetstream_drain, profile, report, steady
+from bench import api_load, drain, history, jetstream_drain, profile, report, steady
 from bench.database import import_fleet
 from bench.load import build_workload
 from bench.services import REPO, Services
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["drain", "jetstream", "steady", "api", "profile"],
+        choices=["drain", "jetstream", "steady", "api", "profile", "history"],
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = args.messages or (20_000 if args.quick else 200_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
-    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile"])
+    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile", "history"])
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
 
     started = time.monotonic()
@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 warmup=2.0 if args.quick else 3.0,
                 queries=tuple(args.api_query or ("parking", "containers")),
             )
+        if "history" in only:
+            log.info("history: 90 days of readings, from the aggregates and from the raw tables")
+            summary["history"] = history.run(services)
     summary["targets"] = report.verdicts(summary)
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     return summary

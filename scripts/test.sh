@@ -20,8 +20,9 @@ then
   CITYTEL_TEST_STORE=timescaledb .venv/bin/python -m pytest -q
   echo "==> pytest on plain PostgreSQL (fallback subset)"
   CITYTEL_TEST_STORE=postgres .venv/bin/python -m pytest -q tests/integration/test_store.py \
-    tests/integration/test_migrations.py tests/integration/test_pipeline.py \
-    tests/integration/test_api.py tests/integration/test_roles.py
+    tests/integration/test_migrations.py tests/integration/test_history.py \
+    tests/integration/test_pipeline.py tests/integration/test_api.py \
+    tests/integration/test_roles.py
 else
   echo "==> pytest on plain PostgreSQL"
   CITYTEL_TEST_STORE=postgres .venv/bin/python -m pytest -q

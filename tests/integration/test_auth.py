@@ -49,6 +49,7 @@ EXAMPLES: dict[tuple[str, str], Call] = {
     ("GET", "/v1/zones"): Call("/v1/zones"),
     ("GET", "/v1/zones/{zone}"): Call("/v1/zones/maarif"),
     ("GET", "/v1/zones/{zone}/occupancy"): Call("/v1/zones/anfa/occupancy"),
+    ("GET", "/v1/zones/{zone}/occupancy/week"): Call("/v1/zones/anfa/occupancy/week"),
     ("GET", "/v1/devices/attention"): Call("/v1/devices/attention"),
     ("GET", "/v1/dead-letters"): Call("/v1/dead-letters"),
     ("GET", "/v1/dead-letters/{letter_id}"): Call("/v1/dead-letters/{letter}"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -15,7 +16,7 @@ from citytel.config import Settings
 from citytel.storage import queries
 from citytel.storage.migrate import HISTORY_AGGREGATES, migrate
 from tests.integration.conftest import Fleet
-from tests.integration.services import running_cluster, timescaledb_installed, with_database
+from tests.integration.services import running_cluster, with_database
 
 pytestmark = pytest.mark.integration
 
@@ -161,6 +162,46 @@ async def test_zone_occupancy_per_hour_and_day(
     ]
     missing = await api.get("/v1/zones/nowhere/occupancy")
     assert missing.status_code == 404
+
+
+async def test_zone_typical_week(
+    pool: asyncpg.Pool, fleet: Fleet, api: httpx.AsyncClient, store: str
+) -> None:
+    """The typical week averages each spot's occupied share over the same hour of the last
+    weeks, in the time zone asked for. Hand-computed, on either store."""
+    one, two = fleet.spots[0], fleet.spots[1]
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2, hours=3)
+    week = timedelta(weeks=1)
+    await pool.executemany(
+        INSERT_PARKING,
+        [
+            (one, hour + timedelta(minutes=5), True),
+            (one, hour + timedelta(minutes=35), False),
+            (two, hour + timedelta(minutes=10), True),
+            (one, hour - week + timedelta(minutes=5), True),
+        ],
+    )
+    await refresh(pool, store)
+    path = "/v1/zones/sidi-belyout/occupancy/week"
+    for tz, weeks, ratio, spot_hours in (
+        ("UTC", 4, 5 / 6, 3),  # (1/2 + 1 + 1) / 3
+        ("Etc/GMT-2", 4, 5 / 6, 3),
+        ("UTC", 1, 3 / 4, 2),  # (1/2 + 1) / 2, a week ago left out
+    ):
+        response = await api.get(path, params={"weeks": weeks, "tz": tz})
+        assert response.status_code == 200, response.text
+        local = hour.astimezone(ZoneInfo(tz))
+        assert response.json()["hours"] == [
+            {
+                "day_of_week": local.isoweekday(),
+                "hour": local.hour,
+                "occupied_ratio": ratio,
+                "spot_hours": spot_hours,
+            }
+        ]
+    refused = await api.get(path, params={"tz": "Mars/Olympus"})
+    assert refused.status_code == 422
+    assert "IANA time zone" in refused.text
 
 
 def random_history(
@@ -337,12 +378,11 @@ def materialised_equals_raw(url: str) -> None:
             assert len(materialised) > 100
 
 
-def test_a_plain_database_with_history_upgrades_in_place(store: str) -> None:
+@pytest.mark.usefixtures("_on_timescaledb")
+def test_a_plain_database_with_history_upgrades_in_place() -> None:
     """Migrated on plain PostgreSQL with a history, then TimescaleDB is installed: `citytel
     migrate` turns the tables into hypertables, every reading stays, and the aggregates are
     materialised from that history (none of the 0003 bug's missing buckets)."""
-    if store != "timescaledb" and not timescaledb_installed():
-        pytest.skip("needs the timescaledb extension installed on this machine")
     with running_cluster(timescaledb=False) as cluster:
         admin = with_database(cluster.url, "postgres")
         with psycopg.connect(admin, autocommit=True) as conn:

@@ -186,6 +186,26 @@ class ZoneOccupancy(BaseModel):
     buckets: list[OccupancyBucket]
 
 
+class WeekHour(BaseModel):
+    """A zone's occupancy in one hour of the typical week."""
+
+    day_of_week: int = Field(description="ISO day of the week: 1 is Monday, 7 Sunday")
+    hour: int = Field(description="hour of the day, 0 to 23, in the requested time zone")
+    occupied_ratio: float
+    spot_hours: int = Field(description="spot-hours with readings the mean is taken over")
+
+
+class ZoneWeek(BaseModel):
+    """A zone's typical week: occupancy per hour of the week over the last weeks."""
+
+    zone: str
+    weeks: int
+    time_zone: str
+    start: datetime = Field(serialization_alias="from")
+    end: datetime = Field(serialization_alias="to")
+    hours: list[WeekHour]
+
+
 class ZonePublic(BaseModel):
     """A zone and what it holds."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,7 @@ _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _DIRECTIVE = re.compile(r"^--\s*citytel:\s*(.+?)\s*$", re.MULTILINE)
 # Any fixed number: it only has to be the same for every citytel process migrating one database.
 _LOCK_KEY = 0x63697479
+_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -289,11 +291,25 @@ def migrate(settings: Settings, *, database_url: str | None = None) -> Migration
         message = f"cannot connect to the database to migrate it: {exc}"
         raise StorageError(message) from exc
     with conn:
-        try:
-            return _migrate(conn, settings)
-        except psycopg.Error as exc:
-            message = f"migration failed: {exc}"
-            raise StorageError(message) from exc
+        attempt = 1
+        while True:
+            try:
+                return _migrate(conn, settings)
+            except psycopg.Error as exc:
+                if attempt == _ATTEMPTS or not _raced_a_job(exc):
+                    message = f"migration failed: {exc}"
+                    raise StorageError(message) from exc
+                log.warning("migration raced a TimescaleDB job (%s); running it again", exc)
+            time.sleep(0.2 * attempt)
+            attempt += 1
+
+
+def _raced_a_job(exc: psycopg.Error) -> bool:
+    # TimescaleDB's scheduler may be running a policy job (one 0003 has just created, say) while
+    # a later statement drops or alters that job; its catalog row then fails to update with
+    # "tuple concurrently updated" or "... deleted", an internal error, instead of waiting.
+    # Every step of a run can be repeated, so the run is.
+    return exc.sqlstate == "XX000" and "concurrently" in str(exc)
 
 
 def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> MigrationReport:

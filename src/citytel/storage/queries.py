@@ -171,6 +171,25 @@ GROUP BY ts
 ORDER BY ts
 """
 
+# A zone's typical week: per hour of the week in the time zone $4 (ISO day 1 = Monday), the mean
+# over the spot-hours of the range of each spot's share of occupied readings in that hour.
+_ZONE_WEEK = """
+WITH per_spot AS (
+    SELECT h.spot_id, date_bin(INTERVAL '1 hour', h.bucket, TIMESTAMPTZ '2000-01-01') AS ts,
+           sum(h.occupied_readings) AS occupied, sum(h.readings) AS readings
+    FROM ({source}) h
+    JOIN parking_spots s ON s.id = h.spot_id
+    WHERE s.zone = $1 AND h.bucket >= $2 AND h.bucket < $3
+    GROUP BY 1, 2
+)
+SELECT extract(isodow FROM ts AT TIME ZONE $4)::int AS day_of_week,
+       extract(hour FROM ts AT TIME ZONE $4)::int AS hour,
+       avg(occupied / readings)::float8 AS occupied_ratio, count(*) AS spot_hours
+FROM per_spot
+GROUP BY 1, 2
+ORDER BY 1, 2
+"""
+
 _HISTORY_SOURCES = {
     "raw": (_WASTE_RAW, _PARKING_RAW),
     "hourly": (
@@ -187,6 +206,9 @@ CONTAINER_BUCKETS = {
 }
 ZONE_OCCUPANCY = {
     name: _ZONE_OCCUPANCY.format(source=parking) for name, (_, parking) in _HISTORY_SOURCES.items()
+}
+ZONE_WEEK = {
+    name: _ZONE_WEEK.format(source=parking) for name, (_, parking) in _HISTORY_SOURCES.items()
 }
 
 # The aggregates exist where migrations/0009_history_aggregates.sql was applied (TimescaleDB).
@@ -528,6 +550,24 @@ async def zone_occupancy(
         if await conn.fetchval(ZONE_SPOT_COUNT, zone) == 0:
             raise NotFoundError(what="parking zone", key=zone)
         return await _history(conn, ZONE_OCCUPANCY, zone, start, end, bucket)
+
+
+async def zone_week(
+    pool: asyncpg.Pool, zone: str, *, start: datetime, end: datetime, time_zone: str
+) -> list[asyncpg.Record]:
+    """A zone's occupancy per hour of the week in ``time_zone`` over ``[start, end)``, from the
+    hourly aggregate when ``start`` and ``end`` are on the hour.
+
+    Raises:
+        NotFoundError: the zone has no parking spot.
+    """
+    async with connection(pool) as conn:
+        if await conn.fetchval(ZONE_SPOT_COUNT, zone) == 0:
+            raise NotFoundError(what="parking zone", key=zone)
+        aggregates = bool(await conn.fetchval(HAS_AGGREGATES))
+        hour = timedelta(hours=1)
+        source = history_source(start=start, end=end, bucket=hour, aggregates=aggregates)
+        return await conn.fetch(ZONE_WEEK[source], zone, start, end, time_zone)
 
 
 async def free_spots_near_json(

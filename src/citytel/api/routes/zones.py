@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query
 
@@ -12,10 +14,13 @@ from citytel.api.routes.containers import FromQuery, ToQuery, history_range
 from citytel.api.schemas import (
     FullContainer,
     OccupancyBucket,
+    WeekHour,
     ZoneOccupancy,
     ZonePublic,
     ZoneSummary,
+    ZoneWeek,
 )
+from citytel.errors import InvalidQueryError
 from citytel.keys import Scope
 from citytel.storage import queries
 
@@ -80,4 +85,38 @@ async def zone_occupancy(
         end=end,
         bucket=bucket,
         buckets=[OccupancyBucket(**dict(r)) for r in rows],
+    )
+
+
+@router.get(
+    "/{zone}/occupancy/week",
+    response_model=ZoneWeek,
+    response_model_by_alias=True,
+    responses={404: {}},
+)
+async def zone_week(
+    pool: PoolDep,
+    zone: str,
+    weeks: Annotated[int, Query(ge=1, le=52, description="how many past weeks")] = 4,
+    tz: Annotated[
+        str, Query(description="IANA time zone the hours are in", examples=["Africa/Casablanca"])
+    ] = "UTC",
+) -> ZoneWeek:
+    """A zone's typical week: occupied ratio per hour of the week over the last weeks."""
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        message = f"tz must be an IANA time zone like Africa/Casablanca or UTC; got {tz!r}"
+        raise InvalidQueryError(message) from exc
+    # Whole past hours only, so that the hourly aggregate answers.
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(weeks=weeks)
+    rows = await queries.zone_week(pool, zone, start=start, end=end, time_zone=tz)
+    return ZoneWeek(
+        zone=zone,
+        weeks=weeks,
+        time_zone=tz,
+        start=start,
+        end=end,
+        hours=[WeekHour(**dict(r)) for r in rows],
     )
