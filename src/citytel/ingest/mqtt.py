@@ -239,6 +239,7 @@ class _Connection(asyncio.Protocol):
         self.connack: asyncio.Future[wire.ConnAck] = loop.create_future()
         self.suback: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[str] = loop.create_future()
+        self.gone: asyncio.Future[None] = loop.create_future()  # the socket is closed
         self.cause = "connection lost"
         self.last_read = time.monotonic()
         self.last_write = time.monotonic()
@@ -319,8 +320,9 @@ class _Connection(asyncio.Protocol):
     def acknowledge(self, seqs: list[int]) -> None:
         """Mark messages committed and write the PUBACKs of the committed prefix, in order."""
         committed = self.committed
-        committed.update(seqs)
         seq = self.first_seq
+        # An ack given twice must not be kept waiting for a turn that has passed.
+        committed.update(seqs if seqs[0] >= seq else [s for s in seqs if s >= seq])
         arrived = self.arrived
         ids: list[int] = []
         while seq in committed:
@@ -397,6 +399,8 @@ class _Connection(asyncio.Protocol):
         transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
         if not self.closed.done():
             self.closed.set_result(f"connection lost: {exc}" if exc else "connection closed")
         if not self.connack.done():
@@ -418,6 +422,7 @@ class MqttConsumer:
         self._inbox = Inbox(settings.mqtt_receive_maximum, self._pause, self._resume)
         self._number = 0
         self._current: _Connection | None = None
+        self._latest: _Connection | None = None  # the connection being made or served
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -494,6 +499,12 @@ class MqttConsumer:
             except Exception:
                 # Stopping must not fail: the caller still has a pool to close.
                 log.exception("the MQTT client had failed before it was stopped")
+        latest = self._latest
+        if latest is not None and latest.transport is not None:
+            # The socket is closed when stop() returns, even one aborted mid-handshake.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await asyncio.shield(latest.gone)
         left = connection.unacked if connection else 0
         if connection:
             self._inbox.discard_connection(connection.number)
@@ -582,7 +593,7 @@ class MqttConsumer:
         while True:
             why = ""
             self._number += 1
-            connection = _Connection(self, self._number)
+            connection = self._latest = _Connection(self, self._number)
             cause = "connection failed"
             try:
                 why = await self._session(connection)
@@ -718,9 +729,12 @@ class MqttConsumer:
         """Ping when idle; drop a connection on which the broker has gone silent."""
         while True:
             await asyncio.sleep(keepalive / 4)
-            if connection.paused:
-                continue  # not reading: the broker's silence is ours
             now = time.monotonic()
+            if connection.paused:
+                # Not reading: the broker's silence is ours. Ours must not make it drop us.
+                if now - connection.last_write >= keepalive / 2:
+                    connection.write(wire.PINGREQ)
+                continue
             if now - connection.last_read > keepalive * 1.5:
                 connection.abort(
                     f"the broker sent nothing for {keepalive * 1.5:.0f} s",
