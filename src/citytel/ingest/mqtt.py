@@ -294,13 +294,15 @@ class _Connection(asyncio.Protocol):
         received_at = datetime.now(UTC)
         messages: list[InboundMessage] = []
         number = self.number
+        next_seq = self.next_seq
+        arrived = self.arrived
         for packet in packets:
             if isinstance(packet, wire.Publish):
                 seq = -1
                 if packet.qos:
-                    seq = self.next_seq
-                    self.next_seq = seq + 1
-                    self.arrived.append(packet.packet_id)
+                    seq = next_seq
+                    next_seq += 1
+                    arrived.append(packet.packet_id)
                 messages.append(
                     InboundMessage(
                         packet.topic,
@@ -314,6 +316,7 @@ class _Connection(asyncio.Protocol):
                 )
             else:
                 self._control(packet)
+        self.next_seq = next_seq
         if messages:
             self._consumer.deliver(messages)
 
