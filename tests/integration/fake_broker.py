@@ -158,6 +158,11 @@ class FakeBroker:
             self.server.close()
             for side in self.connections:
                 side.writer.close()
+            for side in self.connections:
+                # Closed before the test's event loop ends, or the socket is reported unclosed.
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await side.writer.wait_closed()
             await self.server.wait_closed()
 
 

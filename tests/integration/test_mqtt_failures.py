@@ -265,6 +265,27 @@ async def test_pubacks_leave_in_arrival_order() -> None:
     assert broker.connections[0].pubacks() == list(range(1, 31))
 
 
+async def test_an_ack_given_twice_is_sent_once_and_blocks_nothing() -> None:
+    """Acknowledging a batch again writes no second PUBACK and does not hold later ones back."""
+
+    async def twenty(side: BrokerSide) -> None:
+        await side.handshake()
+        side.send(publishes(1, 20))
+        await side.flush()
+        await side.until_closed()
+
+    async with fake_broker(twenty) as broker, running(broker.url) as consumer:
+        await until(lambda: len(consumer.inbox) == 20)
+        first = await consumer.inbox.get_batch(10, 5)
+        second = await consumer.inbox.get_batch(10, 5)
+        consumer.ack(first)
+        consumer.ack(first)
+        consumer.ack(second)
+        await until(lambda: len(broker.connections[0].pubacks()) >= 20)
+        assert consumer.in_flight_unacked == 0
+    assert broker.connections[0].pubacks() == list(range(1, 21))
+
+
 async def test_acks_of_an_old_connection_are_never_sent_on_a_new_one() -> None:
     """A batch from a dropped connection is acknowledged after the reconnect: nothing is sent."""
 

@@ -239,6 +239,7 @@ class _Connection(asyncio.Protocol):
         self.connack: asyncio.Future[wire.ConnAck] = loop.create_future()
         self.suback: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[str] = loop.create_future()
+        self.gone: asyncio.Future[None] = loop.create_future()  # the socket is closed
         self.cause = "connection lost"
         self.last_read = time.monotonic()
         self.last_write = time.monotonic()
@@ -293,13 +294,15 @@ class _Connection(asyncio.Protocol):
         received_at = datetime.now(UTC)
         messages: list[InboundMessage] = []
         number = self.number
+        next_seq = self.next_seq
+        arrived = self.arrived
         for packet in packets:
             if isinstance(packet, wire.Publish):
                 seq = -1
                 if packet.qos:
-                    seq = self.next_seq
-                    self.next_seq = seq + 1
-                    self.arrived.append(packet.packet_id)
+                    seq = next_seq
+                    next_seq += 1
+                    arrived.append(packet.packet_id)
                 messages.append(
                     InboundMessage(
                         packet.topic,
@@ -313,14 +316,16 @@ class _Connection(asyncio.Protocol):
                 )
             else:
                 self._control(packet)
+        self.next_seq = next_seq
         if messages:
             self._consumer.deliver(messages)
 
     def acknowledge(self, seqs: list[int]) -> None:
         """Mark messages committed and write the PUBACKs of the committed prefix, in order."""
         committed = self.committed
-        committed.update(seqs)
         seq = self.first_seq
+        # An ack given twice must not be kept waiting for a turn that has passed.
+        committed.update(seqs if seqs[0] >= seq else [s for s in seqs if s >= seq])
         arrived = self.arrived
         ids: list[int] = []
         while seq in committed:
@@ -397,6 +402,8 @@ class _Connection(asyncio.Protocol):
         transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
         if not self.closed.done():
             self.closed.set_result(f"connection lost: {exc}" if exc else "connection closed")
         if not self.connack.done():
@@ -418,6 +425,7 @@ class MqttConsumer:
         self._inbox = Inbox(settings.mqtt_receive_maximum, self._pause, self._resume)
         self._number = 0
         self._current: _Connection | None = None
+        self._latest: _Connection | None = None  # the connection being made or served
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -496,6 +504,12 @@ class MqttConsumer:
             except Exception:
                 # Stopping must not fail: the caller still has a pool to close.
                 log.exception("the MQTT client had failed before it was stopped")
+        latest = self._latest
+        if latest is not None and latest.transport is not None:
+            # The socket is closed when stop() returns, even one aborted mid-handshake.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await asyncio.shield(latest.gone)
         left = connection.unacked if connection else 0
         if connection:
             self._inbox.discard_connection(connection.number)
@@ -585,7 +599,7 @@ class MqttConsumer:
         while True:
             why = ""
             self._number += 1
-            connection = _Connection(self, self._number)
+            connection = self._latest = _Connection(self, self._number)
             cause = "connection failed"
             try:
                 why = await self._session(connection)
@@ -721,9 +735,12 @@ class MqttConsumer:
         """Ping when idle; drop a connection on which the broker has gone silent."""
         while True:
             await asyncio.sleep(keepalive / 4)
-            if connection.paused:
-                continue  # not reading: the broker's silence is ours
             now = time.monotonic()
+            if connection.paused:
+                # Not reading: the broker's silence is ours. Ours must not make it drop us.
+                if now - connection.last_write >= keepalive / 2:
+                    connection.write(wire.PINGREQ)
+                continue
             if now - connection.last_read > keepalive * 1.5:
                 connection.abort(
                     f"the broker sent nothing for {keepalive * 1.5:.0f} s",
