@@ -50,7 +50,7 @@ EXAMPLES: dict[tuple[str, str], Call] = {
     ("GET", "/v1/devices/attention"): Call("/v1/devices/attention"),
     ("GET", "/v1/dead-letters"): Call("/v1/dead-letters"),
     ("GET", "/v1/dead-letters/{letter_id}"): Call("/v1/dead-letters/{letter}"),
-    ("POST", "/v1/dead-letters/replay"): Call("/v1/dead-letters/replay", json={"ids": [0]}),
+    ("POST", "/v1/dead-letters/replay"): Call("/v1/dead-letters/replay", json={"ids": [999_999]}),
     ("POST", "/v1/dead-letters/{letter_id}/replay"): Call("/v1/dead-letters/{letter}/replay"),
     ("GET", "/v1/keys"): Call("/v1/keys"),
     ("POST", "/v1/keys"): Call("/v1/keys", json={"name": "made", "scopes": ["parking:read"]}),
