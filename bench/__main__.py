@@ -52,7 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         choices=["drain", "steady", "api", "profile"],
         help="run only these scenarios (repeatable)",
     )
+    parser.add_argument(
+        "--api-query",
+        action="append",
+        choices=["parking", "containers"],
+        help="with the api scenario, only these endpoints (repeatable; default both)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument(
+        "--no-ingest-metrics",
+        action="store_true",
+        help="ingest workers without /metrics (CITYTEL_INGEST_METRICS_PORT=0)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
     return parser
 
@@ -94,9 +105,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ingest": "citytel defaults: batch 1000, flush 100 ms, receive maximum 4000, pool 10",
             "postgres": "private cluster, defaults + shared_buffers 256MB, fsync on",
             "broker": "private Mosquitto with deploy/mosquitto.conf",
+            "ingest_metrics": not args.no_ingest_metrics,
         },
     }
-    with Services(keep=args.keep) as services:
+    with Services(keep=args.keep, ingest_metrics=not args.no_ingest_metrics) as services:
         summary["machine"] = _machine(services)
         summary["fleet"] = {"containers": CONTAINERS, "spots": SPOTS}
         log.info("importing the fleet")
@@ -127,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 concurrency=args.concurrency,
                 duration=api_s,
                 warmup=2.0 if args.quick else 3.0,
+                queries=tuple(args.api_query or ("parking", "containers")),
             )
     summary["targets"] = report.verdicts(summary)
     summary["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -17,6 +17,7 @@ TARGETS = {
     "steady_p99_ms": 500,
     "parking_rps": 1_500,
     "parking_p99_ms": 50,
+    "containers_vs_sql": 0.7,
 }
 
 
@@ -65,7 +66,7 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
         verdict["met"] = verdict["met"] and kept_up
         out.append(verdict)
     api = summary.get("api")
-    if api:
+    if api and "parking" in api:
         parking = api["parking"]["api_1_worker"]
         out.append(
             _verdict(
@@ -78,6 +79,16 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 parking["p99_ms"],
                 TARGETS["parking_p99_ms"],
                 at_least=False,
+            )
+        )
+    containers = (api or {}).get("containers", {})
+    if "ratio_api_vs_asyncpg_rps" in containers:
+        out.append(
+            _verdict(
+                "/v1/containers?min_fill_pct req/s / its SQL via asyncpg (same run)",
+                containers["ratio_api_vs_asyncpg_rps"],
+                TARGETS["containers_vs_sql"],
+                at_least=True,
             )
         )
     return out
@@ -177,7 +188,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
                 ("api_1_worker_database_view", "citytel\nno live view"),
                 ("asyncpg", "asyncpg\nsame SQL"),
             ):
-                if key in api[query]:
+                if key in api.get(query, {}):
                     labels.append(f"{name}\n[{short}]")
                     rps.append(api[query][key]["rps"])
                     p50.append(api[query][key]["p50_ms"])

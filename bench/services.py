@@ -246,6 +246,7 @@ class Worker:
         root: str,
         client_id: str,
         log: Path,
+        metrics_port: int = 0,
     ) -> None:
         self.client_id = client_id
         self.log = log
@@ -255,6 +256,7 @@ class Worker:
             mqtt_topic_root=root,
             mqtt_client_id=client_id,
             ingest_stats_interval_s="5",
+            ingest_metrics_port=str(metrics_port),
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -297,8 +299,10 @@ class Worker:
 class Services:
     """The broker, the cluster and a migrated database, for the lifetime of a ``with`` block."""
 
-    def __init__(self, keep: bool = False) -> None:
+    def __init__(self, keep: bool = False, *, ingest_metrics: bool = True) -> None:
         self.keep = keep
+        # Each worker serves /metrics on a port of its own, as in production, unless switched off.
+        self.ingest_metrics = ingest_metrics
         self.workdir = Path(tempfile.mkdtemp(prefix="citytel-bench-"))
         # PostgreSQL runs as its own user when we are root: it must reach its directory.
         self.workdir.chmod(0o755)
@@ -339,6 +343,7 @@ class Services:
             root=root,
             client_id=client_id,
             log=self.workdir / f"{client_id}.log",
+            metrics_port=free_port() if self.ingest_metrics else 0,
         )
         self._stack.callback(worker.stop)
         return worker

@@ -6,12 +6,12 @@ cd "$(dirname "$0")/.."
 # Set-up messages go to stderr: standard output is the JSON summary alone.
 exec 3>&1 1>&2
 bash scripts/bootstrap.sh
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=scripts/lib/setup.sh
+. scripts/lib/setup.sh
 if ! command -v wrk >/dev/null && command -v apt-get >/dev/null; then
   # The HTTP load client: C, so that it costs the two cores little (else a Python one is used).
-  printf '\033[1m==> installing wrk\033[0m\n'
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  # Waits for a package install already running, like the set-up.
+  apt_install wrk
 fi
 if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
   printf '\033[1m==> installing the benchmark extra (matplotlib, py-spy)\033[0m\n'

@@ -76,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated seconds per wall-clock second (60)",
     )
     parser.add_argument(
-        "--gateways", type=_count, default=4, help="gateways gw-01.. to spread over"
+        "--gateways",
+        type=_count,
+        default=4,
+        help="radio gateways in LoRaWAN envelopes (native readings use each device's own)",
     )
     for fault in ("malformed", "duplicate", "out-of-order"):
         parser.add_argument(

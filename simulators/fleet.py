@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from citytel.domain import DEFAULT_GATEWAY
+
 Character = Literal["centre", "residential", "industrial"]
 _T = TypeVar("_T")
 
@@ -248,6 +250,7 @@ class Container:
     depth_mm: int | None = None
     full_mark_mm: int | None = None
     sensor: Sensor | None = None
+    gateway: str = DEFAULT_GATEWAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +263,7 @@ class Spot:
     lon: float
     category: str
     sensor: Sensor | None = None
+    gateway: str = DEFAULT_GATEWAY
 
 
 def _read_sensor(properties: dict[str, Any]) -> Sensor | None:
@@ -298,10 +302,21 @@ class Fleet:
                         p.get("depth_mm"),
                         p.get("full_mark_mm"),
                         _read_sensor(p),
+                        p.get("gateway", DEFAULT_GATEWAY),
                     )
                 )
             elif p["kind"] == "parking_spot":
-                spots.append(Spot(p["id"], p["zone"], lat, lon, p["category"], _read_sensor(p)))
+                spots.append(
+                    Spot(
+                        p["id"],
+                        p["zone"],
+                        lat,
+                        lon,
+                        p["category"],
+                        _read_sensor(p),
+                        p.get("gateway", DEFAULT_GATEWAY),
+                    )
+                )
         return cls(tuple(containers), tuple(spots))
 
     def head(self, containers: int | None = None, spots: int | None = None) -> Fleet:

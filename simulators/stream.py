@@ -222,7 +222,9 @@ class _Stream:
         )
 
     def _gateway(self, index: int) -> str:
-        return f"gw-{index % self.config.gateways + 1:02d}"
+        # The gateway the device is bound to: ingest refuses a reading from any other.
+        model = self.models[index]
+        return model.container.gateway if isinstance(model, ContainerModel) else model.spot.gateway
 
     def _report(self, index: int, clock: datetime) -> Payload:
         model = self.models[index]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from datetime import timedelta
@@ -9,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citytel.errors import ConfigurationError
@@ -37,6 +38,21 @@ def parse_period(text: str) -> timedelta:
     return int(match.group(1)) * _UNIT_LENGTH[match.group(2)]
 
 
+def parse_service_area(text: str) -> tuple[float, float, float, float]:
+    """``"-7.75,33.45,-7.45,33.65"``: west, south, east, north in degrees."""
+    try:
+        west, south, east, north = (float(part) for part in text.split(","))
+    except ValueError:
+        west = south = east = north = math.nan
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        message = (
+            f"CITYTEL_FLEET_SERVICE_AREA {text!r} must be west,south,east,north in degrees "
+            "(west < east, south < north), e.g. -7.75,33.45,-7.45,33.65"
+        )
+        raise ValueError(message)
+    return west, south, east, north
+
+
 def _default_client_id() -> str:
     # The host name is stable across restarts of a process on the same host, pod (StatefulSet) or
     # container name, which is what lets a restarted worker resume its own persistent session.
@@ -46,10 +62,16 @@ def _default_client_id() -> str:
 class Settings(BaseSettings):
     """Everything citytel can be told from outside. Defaults work on a local developer machine."""
 
-    model_config = SettingsConfigDict(env_prefix="CITYTEL_", extra="ignore")
+    # Inputs are never quoted in validation errors: a URL may carry a password.
+    model_config = SettingsConfigDict(
+        env_prefix="CITYTEL_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: SecretStr = SecretStr("postgresql://postgres:postgres@127.0.0.1:5432/citytel")
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Passwords `citytel migrate` gives the citytel_ingest and citytel_api roles (0012_roles.sql).
+    database_ingest_password: SecretStr | None = None
+    database_api_password: SecretStr | None = None
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
@@ -61,12 +83,22 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: int = Field(default=4000, ge=1, le=65535)
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=65535)
     mqtt_lorawan: bool = True
+    # TLS, for an mqtts:// URL: the CA that signed the broker's certificate (else the system's),
+    # a client certificate and its key for brokers that require one, and the name the broker's
+    # certificate must carry when it is not the URL's host.
+    mqtt_tls_ca_file: Path | None = None
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    mqtt_tls_server_name: str | None = None
 
     ingest_batch_size: int = Field(default=1000, ge=1)
     ingest_flush_ms: int = Field(default=100, ge=1)
     ingest_concurrency: int = Field(default=3, ge=1, le=32)
     ingest_max_future_s: int = Field(default=300, ge=0)
     ingest_stats_interval_s: float = Field(default=30.0, gt=0)
+    # Prometheus metrics of `citytel ingest` (/metrics); port 0 switches them off.
+    ingest_metrics_host: str = "127.0.0.1"
+    ingest_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
@@ -89,8 +121,18 @@ class Settings(BaseSettings):
     timescale_chunk_interval: str = "7 days"
     timescale_compress_after: str = "7 days"
     timescale_retention: str = "400 days"
+    # The hourly and daily aggregates outlive the raw readings: a city's reports look back years.
+    timescale_aggregate_retention: str = "5 years"
+
+    # Mosquitto's password and ACL files, written by `citytel gateways` (src/citytel/broker.py),
+    # and the broker's pid file, to make it reload them (SIGHUP).
+    broker_password_file: Path | None = None
+    broker_acl_file: Path | None = None
+    broker_pid_file: Path | None = None
 
     fleet_file: Path = Path("sensors/fleet/casablanca.geojson")
+    # "west,south,east,north" in degrees: a fleet file's devices must stand inside it.
+    fleet_service_area: str | None = None
     sensor_profiles_dir: Path | None = None
     log_level: str = "INFO"
 
@@ -113,11 +155,49 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from exc
         return value
 
-    @field_validator("timescale_retention")
+    @field_validator("fleet_service_area")
+    @classmethod
+    def _service_area_is_a_box(cls, value: str | None) -> str | None:
+        if value:
+            parse_service_area(value)
+        return value or None
+
+    @property
+    def service_area(self) -> tuple[float, float, float, float] | None:
+        """Where fleet devices must stand (CITYTEL_FLEET_SERVICE_AREA), or None for anywhere."""
+        return parse_service_area(self.fleet_service_area) if self.fleet_service_area else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_usable(cls, value: SecretStr) -> SecretStr:
+        database_address(value.get_secret_value())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            message = "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+            raise ValueError(message)
+        return value
+
+    @field_validator("timescale_retention", "timescale_aggregate_retention")
     @classmethod
     def _retention_is_a_period(cls, value: str) -> str:
         parse_period(value)
         return value
+
+    @model_validator(mode="after")
+    def _aggregates_outlive_readings(self) -> Settings:
+        if parse_period(self.timescale_aggregate_retention) <= self.retention_period:
+            message = (
+                "CITYTEL_TIMESCALE_AGGREGATE_RETENTION "
+                f"({self.timescale_aggregate_retention!r}) must be longer than "
+                f"CITYTEL_TIMESCALE_RETENTION ({self.timescale_retention!r}): the hourly and "
+                "daily history is kept after the raw readings are dropped, not before"
+            )
+            raise ValueError(message)
+        return self
 
     @property
     def retention_period(self) -> timedelta:
@@ -125,9 +205,19 @@ class Settings(BaseSettings):
         return parse_period(self.timescale_retention)
 
     @property
+    def database_where(self) -> str:
+        """``host:port/database`` of ``database_url``, for messages: never the user or password."""
+        return database_address(self.database_url.get_secret_value())
+
+    @property
     def mqtt_host_port(self) -> tuple[str, int]:
         """The broker's host and port from ``mqtt_url`` (``mqtt://host:port``)."""
         return _broker_address(self.mqtt_url)
+
+    @property
+    def mqtt_tls(self) -> bool:
+        """Whether the broker is reached over TLS (an ``mqtts://`` URL)."""
+        return urlsplit(self.mqtt_url).scheme in _TLS_SCHEMES
 
     @property
     def profiles_dir(self) -> Path:
@@ -140,8 +230,11 @@ class Settings(BaseSettings):
         return Path(__file__).resolve().parents[2] / "sensors" / "profiles"
 
 
+_TLS_SCHEMES = {"mqtts", "ssl"}
+
+
 def _broker_address(url: str) -> tuple[str, int]:
-    """Host and port of an ``mqtt://host:port`` URL; ValueError naming the setting otherwise."""
+    """Host and port of an ``mqtt[s]://host:port`` URL; ConfigurationError naming the setting."""
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -150,14 +243,51 @@ def _broker_address(url: str) -> tuple[str, int]:
         valid = False
     else:
         valid = True
-    if not valid or parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+    if not valid or parts.scheme not in {"mqtt", "tcp", *_TLS_SCHEMES} or not parts.hostname:
         # Without the URL itself: it may carry a password.
         message = (
-            "CITYTEL_MQTT_URL must look like mqtt://host:1883 (scheme mqtt, a host name, "
-            "an optional port from 1 to 65535)"
+            "CITYTEL_MQTT_URL must look like mqtt://host:1883 or, over TLS, mqtts://host:8883 "
+            "(a host name, an optional port from 1 to 65535)"
         )
         raise ConfigurationError(message)
-    return parts.hostname, port or 1883
+    return parts.hostname, port or (8883 if parts.scheme in _TLS_SCHEMES else 1883)
+
+
+def database_address(url: str) -> str:
+    """``host:port/database`` of a PostgreSQL URL; ValueError naming the setting otherwise.
+
+    The message never quotes the URL: it may carry a password.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in {"postgresql", "postgres"} or port == -1:
+        message = (
+            "CITYTEL_DATABASE_URL must look like postgresql://user:password@host:5432/citytel "
+            "(scheme postgresql, an optional port from 1 to 65535)"
+        )
+        raise ValueError(message)
+    host = parts.hostname or "localhost"
+    return f"{host}:{port or 5432}{parts.path or '/'}"
+
+
+def describe_invalid_settings(error: ValidationError) -> list[str]:
+    """One line per invalid setting, naming its variable, what is wrong and the fix.
+
+    Never the value itself: it may be a password.
+    """
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        names = [str(part) for part in problem["loc"]]
+        variable = "CITYTEL_" + (names[0].upper() if names else "?")
+        reason = str(problem["msg"]).removeprefix("Value error, ")
+        reason = reason.removeprefix(f"{variable} ")
+        lines.append(
+            f"invalid setting {variable}: {reason}; fix it, or unset it to use the default"
+        )
+    return lines
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+# The gateway of a device whose fleet entry names none (migrations/0011_gateways.sql).
+DEFAULT_GATEWAY = "default"
+
 
 class Reason(enum.StrEnum):
     """Why a message went to the dead-letter store: stable codes to filter and count by."""
@@ -20,6 +23,7 @@ class Reason(enum.StrEnum):
     TOO_OLD = "too_old"
     BAD_TOPIC = "bad_topic"
     UNKNOWN_DEVICE = "unknown_device"
+    WRONG_GATEWAY = "wrong_gateway"
     STORAGE_REJECTED = "storage_rejected"
     UNDECODABLE = "undecodable"
     UNKNOWN_MODEL = "unknown_model"
@@ -120,3 +124,6 @@ class DecodedMessage:
     received_at: datetime
     events: tuple[HealthEvent, ...] = ()
     f_cnt: int | None = None
+    gateway: str | None = None
+    """The gateway segment of a native topic; ``None`` for a LoRaWAN uplink (bound by its
+    network-server application, checked before this message is made)."""

@@ -44,7 +44,16 @@ class IngestFailed(CitytelError):
 
 
 class MqttProtocolError(CitytelError):
-    """The broker sent something an MQTT 5 client must not accept; the connection is dropped."""
+    """The broker sent something an MQTT 5 client must not accept; the connection is dropped.
+
+    Attributes:
+        reason: the DISCONNECT reason code the client sends before closing (0x81 malformed
+            packet, 0x82 protocol error).
+    """
+
+    def __init__(self, message: str, reason: int = 0x81) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotFoundError(CitytelError):

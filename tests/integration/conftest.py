@@ -231,11 +231,12 @@ async def create_key(database_url: str, *scopes: Scope, name: str | None = None)
 
 @contextlib.asynccontextmanager
 async def serve_api(
-    settings: Settings, *, key_scopes: tuple[Scope, ...] = (Scope.ADMIN,)
+    settings: Settings, *, key_scopes: tuple[Scope, ...] = (Scope.ADMIN,), ready: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API for ``settings`` served by uvicorn on a free port, and an HTTP client for it.
 
     The client sends a new key with ``key_scopes`` (admin: every route); none when empty.
+    With ``ready``, once /readyz says 200; without, as soon as it listens.
     """
     port = free_port()
     config = uvicorn.Config(
@@ -257,7 +258,7 @@ async def serve_api(
             base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers
         ) as client:
             async with asyncio.timeout(10):
-                while (await client.get("/readyz")).status_code != 200:
+                while ready and (await client.get("/readyz")).status_code != 200:
                     await asyncio.sleep(0.05)
             yield client
     finally:

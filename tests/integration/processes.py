@@ -33,6 +33,8 @@ class IngestProcess:
             "CITYTEL_INGEST_BATCH_SIZE": "200",
             "CITYTEL_INGEST_FLUSH_MS": "20",
             "CITYTEL_INGEST_STATS_INTERVAL_S": "1",
+            # Several workers run at once: none binds the default metrics port.
+            "CITYTEL_INGEST_METRICS_PORT": "0",
         }
 
     def start(self, within: float = 20.0) -> None:

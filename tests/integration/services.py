@@ -45,13 +45,26 @@ def wait_for_port(port: int, within: float = 10.0) -> None:
     raise TimeoutError(message)
 
 
-def write_broker_config(port: int, workdir: Path) -> Path:
+def write_broker_config(port: int, workdir: Path, *, auth_dir: Path | None = None) -> Path:
     """The shipped ``deploy/mosquitto.conf`` for a private broker; returns its path.
 
     Only the port, the persistence directory, the log and the user change, so that it runs
     unprivileged beside the machine's own broker with exactly the project's settings.
+
+    With ``auth_dir``, the password and ACL files are ``auth_dir/passwd`` and ``auth_dir/acl``
+    (written by citytel). Without it,
+    and only for the tests that are not about access control, the broker is opened to
+    anonymous clients: a test-only change, stated here.
     """
     text = (REPO / "deploy" / "mosquitto.conf").read_text()
+    if auth_dir is None:
+        text = re.sub(r"^allow_anonymous\s.*$", "allow_anonymous true", text, flags=re.M)
+        text = re.sub(r"^(password_file|acl_file)\s.*$", "", text, flags=re.M)
+    else:
+        text = re.sub(
+            r"^password_file\s.*$", f"password_file {auth_dir / 'passwd'}", text, flags=re.M
+        )
+        text = re.sub(r"^acl_file\s.*$", f"acl_file {auth_dir / 'acl'}", text, flags=re.M)
     text = re.sub(r"^listener\s+1883.*$", f"listener {port} 127.0.0.1", text, flags=re.M)
     data = workdir / "data"
     data.mkdir(exist_ok=True)
@@ -70,13 +83,14 @@ class Broker:
     port: int
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    auth_dir: Path | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def config(self) -> Path:
-        return write_broker_config(self.port, self.workdir)
+        return write_broker_config(self.port, self.workdir, auth_dir=self.auth_dir)
 
     def start(self) -> None:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -95,9 +109,9 @@ class Broker:
 
 
 @contextlib.contextmanager
-def running_broker(workdir: Path) -> Iterator[Broker]:
-    """A broker for the duration of the block."""
-    broker = Broker(port=free_port(), workdir=workdir)
+def running_broker(workdir: Path, *, auth_dir: Path | None = None) -> Iterator[Broker]:
+    """A broker for the duration of the block (see :func:`write_broker_config`)."""
+    broker = Broker(port=free_port(), workdir=workdir, auth_dir=auth_dir)
     broker.start()
     try:
         yield broker

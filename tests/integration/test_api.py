@@ -217,6 +217,31 @@ async def test_containers_fullest_first_with_filters_and_pages(
     assert full_in_box["total"] == 2
 
 
+async def test_dispatch_list_pages_keep_their_total_and_item_shape(
+    fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
+) -> None:
+    """With min_fill_pct each page, an empty one too, has the total; items read as the detail."""
+    for i, container in enumerate(fleet.containers):
+        await set_fill(pool, container, float(i * 5))
+    query = {"min_fill_pct": 50, "limit": 3}
+    first = (await api.get("/v1/containers", params=query)).json()
+    assert [c["fill_pct"] for c in first["items"]] == [95, 90, 85]
+    assert (first["total"], first["limit"], first["offset"], first["next_offset"]) == (10, 3, 0, 3)
+    last = (await api.get("/v1/containers", params={**query, "offset": 9})).json()
+    assert ([c["fill_pct"] for c in last["items"]], last["total"], last["next_offset"]) == (
+        [50],
+        10,
+        None,
+    )
+    past = (await api.get("/v1/containers", params={**query, "offset": 12})).json()
+    assert (past["items"], past["total"]) == ([], 10)
+    anfa = (await api.get("/v1/containers", params={**query, "zone": "anfa"})).json()
+    assert anfa["total"] == 5
+    for item in first["items"]:
+        detail = await api.get(f"/v1/containers/{item['id']}")
+        assert item == detail.json()
+
+
 async def test_container_detail_and_history(
     fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
 ) -> None:

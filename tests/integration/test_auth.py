@@ -16,10 +16,11 @@ import pytest
 
 from citytel.api.app import create_app
 from citytel.config import Settings
-from citytel.domain import DeviceKind
+from citytel.domain import DEFAULT_GATEWAY, DeviceKind
 from citytel.formats.native import WastePayload, encode_native
 from citytel.formats.topics import native_topic
 from citytel.keys import Scope
+from citytel.storage.migrate import NOT_MIGRATED
 from tests.integration.conftest import Fleet, create_key, serve_api
 
 pytestmark = pytest.mark.integration
@@ -47,11 +48,15 @@ EXAMPLES: dict[tuple[str, str], Call] = {
     ("GET", "/v1/parking/spots/{spot_id}"): Call("/v1/parking/spots/T-PS-000"),
     ("GET", "/v1/zones"): Call("/v1/zones"),
     ("GET", "/v1/zones/{zone}"): Call("/v1/zones/maarif"),
+    ("GET", "/v1/zones/{zone}/occupancy"): Call("/v1/zones/anfa/occupancy"),
     ("GET", "/v1/devices/attention"): Call("/v1/devices/attention"),
     ("GET", "/v1/dead-letters"): Call("/v1/dead-letters"),
     ("GET", "/v1/dead-letters/{letter_id}"): Call("/v1/dead-letters/{letter}"),
-    ("POST", "/v1/dead-letters/replay"): Call("/v1/dead-letters/replay", json={"ids": [999_999]}),
+    ("POST", "/v1/dead-letters/replay"): Call(
+        "/v1/dead-letters/replay", json={"ids": [999_999_999]}
+    ),
     ("POST", "/v1/dead-letters/{letter_id}/replay"): Call("/v1/dead-letters/{letter}/replay"),
+    ("GET", "/metrics"): Call("/metrics"),
     ("GET", "/v1/keys"): Call("/v1/keys"),
     ("POST", "/v1/keys"): Call("/v1/keys", json={"name": "made", "scopes": ["parking:read"]}),
     ("POST", "/v1/keys/{name}/revoke"): Call("/v1/keys/victim/revoke"),
@@ -60,7 +65,7 @@ EXAMPLES: dict[tuple[str, str], Call] = {
 
 async def add_dead_letter(pool: asyncpg.Pool, settings: Settings, container: str) -> int:
     """A dead letter holding a valid reading of ``container``: replaying it stores the reading."""
-    topic = native_topic(settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, container)
+    topic = native_topic(settings.mqtt_topic_root, DEFAULT_GATEWAY, DeviceKind.WASTE, container)
     payload = encode_native(
         [WastePayload(ts=datetime.now(UTC).replace(microsecond=0), fill_pct=55)]
     )
@@ -159,7 +164,8 @@ async def test_health_is_open_and_says_nothing_internal(settings: Settings) -> N
         ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["status"] == "unavailable"
-    assert set(ready.json()["checks"].values()) <= {"ok", "unavailable"}
+    # The one state more: what to do, not what is inside.
+    assert set(ready.json()["checks"].values()) <= {"ok", "unavailable", NOT_MIGRATED}
     assert ready.json()["checks"]["broker"] == "unavailable"
     assert "127.0.0.1" not in ready.text
 

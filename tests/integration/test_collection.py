@@ -47,7 +47,7 @@ async def history(
     for step in HISTORY:
         messages = [
             (
-                f"{settings.mqtt_topic_root}/gw-01/waste/{fleet.containers[i]}",
+                f"{settings.mqtt_topic_root}/default/waste/{fleet.containers[i]}",
                 json.dumps({"ts": hours(h).isoformat(), "fill_pct": fill}).encode(),
             )
             for i, h, fill in step
@@ -108,7 +108,7 @@ async def test_an_emptying_inside_one_message_starts_the_cycle(
     container = fleet.containers[7]
     history = [(-6, 20.0), (-3, 80.0), (-2, 5.0), (-1, 12.0)]
     payload = json.dumps([{"ts": hours(h).isoformat(), "fill_pct": f} for h, f in history])
-    topic = f"{settings.mqtt_topic_root}/gw-01/waste/{container}"
+    topic = f"{settings.mqtt_topic_root}/default/waste/{container}"
     await asyncio.to_thread(publish_raw, settings, [(topic, payload.encode())])
 
     async def stored() -> bool:

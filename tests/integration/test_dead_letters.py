@@ -22,8 +22,8 @@ pytestmark = pytest.mark.integration
 def bad_messages(settings: Settings, fleet: Fleet) -> list[tuple[str, bytes, Reason]]:
     """One message of each class of bad input, with the reason it must be filed under."""
     root = settings.mqtt_topic_root
-    container = native_topic(root, "gw-1", DeviceKind.WASTE, fleet.containers[1])
-    spot = native_topic(root, "gw-1", DeviceKind.PARKING, fleet.spots[1])
+    container = native_topic(root, "default", DeviceKind.WASTE, fleet.containers[1])
+    spot = native_topic(root, "default", DeviceKind.PARKING, fleet.spots[1])
     now = datetime.now(UTC)
     ts = now.isoformat()
     return [
@@ -51,11 +51,11 @@ def bad_messages(settings: Settings, fleet: Fleet) -> list[tuple[str, bytes, Rea
             Reason.TOO_OLD,
         ),
         (
-            native_topic(root, "gw-1", DeviceKind.WASTE, "NOT-REGISTERED"),
+            native_topic(root, "default", DeviceKind.WASTE, "NOT-REGISTERED"),
             json.dumps({"ts": ts, "fill_pct": 5}).encode(),
             Reason.UNKNOWN_DEVICE,
         ),
-        (f"{root}/gw-1/streetlights/L-1", json.dumps({"ts": ts}).encode(), Reason.BAD_TOPIC),
+        (f"{root}/default/streetlights/L-1", json.dumps({"ts": ts}).encode(), Reason.BAD_TOPIC),
         (container, b"[" + b" " * MAX_PAYLOAD_BYTES + b"]", Reason.PAYLOAD_TOO_LARGE),
     ]
 
@@ -70,7 +70,7 @@ async def test_each_bad_input_class_is_dead_lettered_while_ingestion_goes_on(
     running = await ingest()
     bad = bad_messages(settings, fleet)
     good_topic = native_topic(
-        settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, fleet.containers[0]
+        settings.mqtt_topic_root, "default", DeviceKind.WASTE, fleet.containers[0]
     )
     start = datetime.now(UTC) - timedelta(hours=1)
     messages: list[tuple[str, bytes]] = []
@@ -107,7 +107,7 @@ async def test_redelivered_dead_letter_is_counted_not_duplicated(
 ) -> None:
     """The same bad message twice is one dead letter received twice."""
     await ingest()
-    topic = native_topic(settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, fleet.containers[0])
+    topic = native_topic(settings.mqtt_topic_root, "default", DeviceKind.WASTE, fleet.containers[0])
     await asyncio.to_thread(publish_raw, settings, [(topic, b"oops"), (topic, b"oops")])
 
     async def counted_twice() -> bool:

@@ -124,7 +124,7 @@ async def test_live_view_follows_ingestion(
     """Readings published over MQTT free a spot and take it again in the live answer."""
     await ingest()
     spot = fleet.spots[2]
-    topic = f"{settings.mqtt_topic_root}/gw-01/parking/{spot}"
+    topic = f"{settings.mqtt_topic_root}/default/parking/{spot}"
 
     def reading(ts: datetime, *, occupied: bool) -> tuple[str, bytes]:
         return topic, json.dumps({"ts": ts.isoformat(), "occupied": occupied}).encode()

@@ -26,6 +26,7 @@ EXPECTED_COLUMNS = {
         "full_mark_mm",
         "created_at",
         "updated_at",
+        "gateway_id",
     },
     "parking_spots": {
         "id",
@@ -35,6 +36,7 @@ EXPECTED_COLUMNS = {
         "created_at",
         "updated_at",
         "changed_xid",
+        "gateway_id",
     },
     "waste_readings": {
         "container_id",
@@ -83,6 +85,17 @@ EXPECTED_COLUMNS = {
         "f_cnt",
         "received_at",
     },
+    "gateways": {
+        "id",
+        "name",
+        "enabled",
+        "lorawan_application",
+        "password_hash",
+        "credential_version",
+        "created_at",
+        "updated_at",
+        "last_seen_at",
+    },
 }
 
 
@@ -110,8 +123,8 @@ def schema(url: str) -> dict[str, set[str]]:
     return found
 
 
-PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008", "0010"]
-TIMESCALEDB_ONLY = ["0003"]
+PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008", "0010", "0011", "0012", "0013"]
+TIMESCALEDB_ONLY = ["0003", "0009"]
 NAMES = {
     "0001": "0001_registry",
     "0002": "0002_readings",
@@ -121,7 +134,11 @@ NAMES = {
     "0006": "0006_fill_cycles",
     "0007": "0007_device_faults",
     "0008": "0008_fill_order",
+    "0009": "0009_history_aggregates",
     "0010": "0010_api_keys",
+    "0011": "0011_gateways",
+    "0012": "0012_roles",
+    "0013": "0013_api_role_keys",
 }
 
 

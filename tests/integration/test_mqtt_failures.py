@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -231,3 +232,245 @@ async def test_stop_counts_the_messages_left_to_the_session(
             consumer.ack(batch)
             await until(lambda: len(broker.connections[0].pubacks()) == 4)
     assert "6 messages not acknowledged are left to the broker's session" in caplog.text
+
+
+def publishes(first: int, last: int, topic: str = "t/a", payload: bytes = b"x") -> bytes:
+    """QoS 1 PUBLISH packets with ids ``first`` to ``last``."""
+    return b"".join(
+        wire.encode_publish(topic, payload, packet_id=mid) for mid in range(first, last + 1)
+    )
+
+
+async def test_pubacks_leave_in_arrival_order() -> None:
+    """Batches committed out of order: PUBACKs still leave in the order the messages arrived."""
+
+    async def thirty(side: BrokerSide) -> None:
+        await side.handshake()
+        side.send(publishes(1, 30))
+        await side.flush()
+        await side.until_closed()
+
+    async with fake_broker(thirty) as broker, running(broker.url) as consumer:
+        await until(lambda: len(consumer.inbox) == 30)
+        first = await consumer.inbox.get_batch(10, 5)
+        second = await consumer.inbox.get_batch(10, 5)
+        third = await consumer.inbox.get_batch(10, 5)
+        consumer.ack(third)
+        consumer.ack(first)
+        await until(lambda: len(broker.connections[0].pubacks()) == 10)
+        assert consumer.in_flight_unacked == 20
+        consumer.ack(second)
+        await until(lambda: len(broker.connections[0].pubacks()) == 30)
+        assert consumer.in_flight_unacked == 0
+    assert broker.connections[0].pubacks() == list(range(1, 31))
+
+
+async def test_acks_of_an_old_connection_are_never_sent_on_a_new_one() -> None:
+    """A batch from a dropped connection is acknowledged after the reconnect: nothing is sent."""
+
+    async def drop_first(side: BrokerSide) -> None:
+        await side.handshake(connack_packet=connack(session_present=True))
+        side.send(publishes(1, 5))
+        await side.flush()
+        await side.until_closed()
+
+    async with fake_broker(drop_first) as broker, running(broker.url) as consumer:
+        await until(lambda: len(consumer.inbox) == 5)
+        old = await consumer.inbox.get_batch(5, 5)
+        broker.connections[0].writer.close()
+        await until(lambda: len(broker.connections) == 2 and consumer.subscribed_all)
+        await until(lambda: len(consumer.inbox) == 5)
+        assert consumer.ack(old) == 0
+        new = await consumer.inbox.get_batch(5, 5)
+        assert consumer.ack(new) == 5
+        await until(lambda: len(broker.connections[1].pubacks()) == 5)
+    assert broker.connections[1].pubacks() == [1, 2, 3, 4, 5]
+
+
+async def test_qos0_flood_is_bounded_by_pausing_the_socket() -> None:
+    """A broker flooding QoS 0 cannot grow the inbox past its bound; every message still arrives."""
+    count, payload = 4000, b"p" * 1000
+    packet = wire.encode_publish("t/a", payload, qos=0)
+
+    async def flood(side: BrokerSide) -> None:
+        await side.handshake()
+        side.send(packet * count)
+        await side.flush()
+        await side.until_closed()
+
+    async with fake_broker(flood) as broker, running(broker.url, mqtt_receive_maximum=100) as c:
+        received = 0
+        async with asyncio.timeout(30):
+            while received < count:
+                received += len(await c.inbox.get_batch(50, 0.05))
+                await asyncio.sleep(0.002)  # a consumer slower than the socket
+    # The bound, plus what one read of the socket (at most 256 KiB) may hold beyond it.
+    assert c.inbox.peak <= 100 + 262_144 // len(packet) + 1
+    assert len(broker.connections) == 1
+
+
+def reconnect_waits(caplog: pytest.LogCaptureFixture) -> list[tuple[float, int, float]]:
+    """(wait, attempt, ceiling) of each "reconnecting in" log line, in order."""
+    waits = []
+    for record in caplog.records:
+        if "reconnecting in" in record.getMessage() and isinstance(record.args, tuple):
+            delay, attempt, ceiling = record.args[-3:]
+            assert isinstance(delay, float)
+            assert isinstance(attempt, int)
+            assert isinstance(ceiling, float)
+            waits.append((delay, attempt, ceiling))
+    return waits
+
+
+async def test_backoff_is_not_reset_by_a_takeover(caplog: pytest.LogCaptureFixture) -> None:
+    """Two workers with one client id: each takeover waits longer (full jitter up to a cap)."""
+
+    async def take_over(side: BrokerSide) -> None:
+        await side.handshake()
+        side.send(disconnect(0x8E))
+        await side.flush()
+
+    with caplog.at_level(logging.WARNING, logger="citytel.ingest.mqtt"):
+        async with fake_broker(take_over) as broker, running(broker.url) as consumer:
+            await until(lambda: len(broker.connections) >= 6)
+            assert consumer.reconnects["session taken over"] >= 5
+    waits = reconnect_waits(caplog)
+    assert [attempt for _, attempt, _ in waits[:5]] == [1, 2, 3, 4, 5]
+    # The ceiling doubles up to the cap (0.1 s in these tests); each wait is drawn below it.
+    assert [ceiling for _, _, ceiling in waits[:4]] == [0.02, 0.04, 0.08, 0.1]
+    assert all(0 <= delay <= ceiling for delay, _, ceiling in waits)
+
+
+async def test_backoff_resets_after_a_healthy_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection that stayed up long enough starts the backoff again from the first attempt."""
+    monkeypatch.setattr(mqtt, "_HEALTHY_AFTER_S", 0.3)
+
+    async def healthy_then_gone(side: BrokerSide) -> None:
+        await side.handshake()
+        await asyncio.sleep(0.5)
+        side.send(disconnect(0x8B))
+        await side.flush()
+
+    with caplog.at_level(logging.WARNING, logger="citytel.ingest.mqtt"):
+        async with fake_broker(healthy_then_gone) as broker, running(broker.url):
+            await until(lambda: len(broker.connections) >= 3)
+    assert [attempt for _, attempt, _ in reconnect_waits(caplog)[:2]] == [1, 1]
+
+
+def test_full_jitter_spreads_over_the_whole_range() -> None:
+    """Each delay is drawn from zero to the attempt's ceiling, and the ceiling doubles to a cap."""
+    rng = random.Random(7)
+    delays = [mqtt.backoff_delay(4, rng, base=1.0, cap=60.0) for _ in range(2000)]
+    assert all(0 <= d <= 8.0 for d in delays)
+    assert min(delays) < 0.5
+    assert max(delays) > 7.5
+    assert mqtt.backoff_ceiling(1, base=1.0, cap=60.0) == 1.0
+    assert mqtt.backoff_ceiling(30, base=1.0, cap=60.0) == 60.0
+
+
+def flood_until_closed(side: BrokerSide, first: bytes) -> asyncio.Task[None]:
+    """Send ``first``, then QoS 0 messages every millisecond until the client goes away."""
+
+    async def keep_sending() -> None:
+        side.send(first)
+        with contextlib.suppress(ConnectionError):
+            while not side.writer.is_closing():
+                side.send(wire.encode_publish("t/b", b"q" * 2000, qos=0) * 20)
+                await side.flush()
+                await asyncio.sleep(0.001)
+
+    return asyncio.create_task(keep_sending())
+
+
+async def test_clean_stop_under_traffic_delivers_its_last_pubacks() -> None:
+    """Stopping while the broker still sends: the last PUBACKs and a DISCONNECT 0x00 arrive."""
+
+    async def busy(side: BrokerSide) -> None:
+        await side.handshake()
+        sender = flood_until_closed(side, publishes(1, 200))
+        try:
+            await side.until_closed()
+        finally:
+            sender.cancel()
+
+    async with fake_broker(busy) as broker:
+        async with running(broker.url) as consumer:
+            taken: list[mqtt.InboundMessage] = []
+            async with asyncio.timeout(10):
+                while len([m for m in taken if m.qos]) < 200:
+                    taken += await consumer.inbox.get_batch(1000, 0.05)
+            consumer.ack(taken)
+        side = broker.connections[0]
+        await until(lambda: side.eof)
+    assert not side.reset
+    assert side.pubacks() == list(range(1, 201))
+    assert side.received[-1].kind == wire.PacketType.DISCONNECT
+    assert side.received[-1].body[:1] in (b"", b"\x00")
+
+
+async def test_protocol_error_sends_disconnect_with_a_reason() -> None:
+    """A malformed packet from the broker: DISCONNECT with a reason code, then the socket closes."""
+
+    async def malformed(side: BrokerSide) -> None:
+        await side.handshake()
+        side.send(wire.encode_publish("t/a", b"x", packet_id=0))  # QoS 1 with packet id 0
+        await side.flush()
+        await side.until_closed()
+
+    async with fake_broker(malformed) as broker, running(broker.url):
+        await until(lambda: bool(broker.connections) and broker.connections[0].eof)
+    last = broker.connections[0].received[-1]
+    assert last.kind == wire.PacketType.DISCONNECT
+    assert last.body[0] in (0x81, 0x82)
+
+
+async def test_maximum_qos_0_is_refused_clearly() -> None:
+    """A broker whose CONNACK says Maximum QoS 0 cannot give at-least-once delivery: not ready."""
+
+    async def qos0_only(side: BrokerSide) -> None:
+        await side.expect(wire.PacketType.CONNECT)
+        side.send(connack(maximum_qos=0))
+        await side.flush()
+        await side.until_closed()
+
+    async with fake_broker(qos0_only) as broker, running(broker.url) as consumer:
+        await until(lambda: len(broker.connections) >= 2)
+        assert not consumer.subscribed_all
+        assert "Maximum QoS 0" in consumer.status
+    assert all(
+        p.kind != wire.PacketType.SUBSCRIBE for side in broker.connections for p in side.received
+    )
+
+
+async def test_shared_subscriptions_unavailable_is_refused_clearly() -> None:
+    """Shared subscriptions configured, CONNACK says the broker has none: a clear status."""
+
+    async def no_shared(side: BrokerSide) -> None:
+        await side.expect(wire.PacketType.CONNECT)
+        side.send(connack(shared_subscriptions=0))
+        await side.flush()
+        await side.until_closed()
+
+    filters = ["$share/citytel/t/#"]
+    async with fake_broker(no_shared) as broker, running(broker.url, filters) as consumer:
+        await until(lambda: len(broker.connections) >= 2)
+        assert not consumer.subscribed_all
+        assert "shared subscriptions" in consumer.status
+
+
+async def test_suback_timeout_drops_and_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SUBACK within the timeout: the connection is dropped and the client tries again."""
+    monkeypatch.setattr(mqtt, "_SUBACK_TIMEOUT_S", 0.3)
+
+    async def never_suback(side: BrokerSide) -> None:
+        await side.expect(wire.PacketType.CONNECT)
+        side.send(connack())
+        await side.flush()
+        await side.until_closed()
+
+    async with fake_broker(never_suback) as broker, running(broker.url) as consumer:
+        await until(lambda: len(broker.connections) >= 2)
+        assert not consumer.subscribed_all
+        assert "SUBACK" in consumer.status

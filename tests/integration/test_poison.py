@@ -153,11 +153,11 @@ async def test_hostile_json_never_stalls_a_batch(
         for kind in kinds:
             device = _distinct_devices(fleet, kind)[used[kind]]
             used[kind] += 1
-            topic = f"{root}/gw-1/{kind.value}/{device}"
+            topic = f"{root}/default/{kind.value}/{device}"
             native.append((kind, device, topic, data.draw(native_payloads(kind))))
         control = fleet.containers[-1]
         control_message = (
-            f"{root}/gw-1/waste/{control}",
+            f"{root}/default/waste/{control}",
             json.dumps({"ts": _now_ms(), "fill_pct": 42}).encode(),
         )
         asyncio.run(one_example(native, uplinks, control, control_message))
@@ -214,7 +214,7 @@ async def test_hostile_json_never_stalls_a_batch(
     last = fleet.containers[0]
     publish_raw(
         settings,
-        [(f"{root}/gw-1/waste/{last}", json.dumps({"ts": _now_ms(), "fill_pct": 7}).encode())],
+        [(f"{root}/default/waste/{last}", json.dumps({"ts": _now_ms(), "fill_pct": 7}).encode())],
     )
     await wait_until(lambda: _stored_fill(pool, last, 7.0), within=20)
 
@@ -255,10 +255,10 @@ async def test_an_unexpected_exception_is_isolated_to_its_message(
     root = settings.mqtt_topic_root
     ts = _now_ms()
     good = [
-        (f"{root}/gw-1/waste/{c}", json.dumps({"ts": ts, "fill_pct": 10 + i}).encode())
+        (f"{root}/default/waste/{c}", json.dumps({"ts": ts, "fill_pct": 10 + i}).encode())
         for i, c in enumerate(fleet.containers[:3] + fleet.containers[4:10])
     ]
-    bad = (f"{root}/gw-1/waste/{culprit}", json.dumps({"ts": ts, "fill_pct": 99}).encode())
+    bad = (f"{root}/default/waste/{culprit}", json.dumps({"ts": ts, "fill_pct": 99}).encode())
     publish_raw(settings, [*good[:4], bad, *good[4:]])
 
     async def settled() -> bool:
@@ -277,9 +277,8 @@ async def test_an_unexpected_exception_is_isolated_to_its_message(
     )
     # Still consuming: a later reading is stored, and the failure was counted.
     after = fleet.containers[12]
-    publish_raw(
-        settings, [(f"{root}/gw-1/waste/{after}", json.dumps({"ts": ts, "fill_pct": 5}).encode())]
-    )
+    reading = json.dumps({"ts": ts, "fill_pct": 5}).encode()
+    publish_raw(settings, [(f"{root}/default/waste/{after}", reading)])
     await wait_until(lambda: _stored_fill(pool, after, 5.0), within=20)
     stats = await running.stop()
     assert stats.batch_failures >= 1
@@ -307,7 +306,7 @@ async def test_a_worker_that_cannot_store_anything_exits(
             settings,
             [
                 (
-                    f"{root}/gw-1/waste/{fleet.containers[0]}",
+                    f"{root}/default/waste/{fleet.containers[0]}",
                     json.dumps({"ts": _now_ms(), "fill_pct": 5}).encode(),
                 )
             ],

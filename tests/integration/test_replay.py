@@ -34,7 +34,7 @@ async def test_readings_before_registration_are_replayed_after_it(
     """Readings of devices not yet registered are dead letters; after import, replay stores them."""
     await ingest()
     now = datetime.now(UTC).replace(microsecond=0)
-    native = native_topic(settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, "NEW-WC-1")
+    native = native_topic(settings.mqtt_topic_root, "default", DeviceKind.WASTE, "NEW-WC-1")
     early = [
         (native, encode_native([WastePayload(ts=now - timedelta(minutes=m), fill_pct=40 + m)]))
         for m in (1, 2)
@@ -43,7 +43,7 @@ async def test_readings_before_registration_are_replayed_after_it(
         "new-bin", "A84041000181BEEF", 85, LEVEL_BYTES, None, now - timedelta(seconds=20), 4
     )
     broken = (
-        native_topic(settings.mqtt_topic_root, "gw-1", DeviceKind.WASTE, fleet.containers[0]),
+        native_topic(settings.mqtt_topic_root, "default", DeviceKind.WASTE, fleet.containers[0]),
         b"nope",
     )
     await asyncio.to_thread(publish_raw, settings, [*early, lorawan, broken])

@@ -11,7 +11,7 @@ import pytest
 
 from citytel.config import Settings
 from citytel.domain import DeadLetter, DecodedMessage, DeviceKind, Reason, WasteReading
-from citytel.storage.migrate import migrate
+from citytel.storage.migrate import HISTORY_AGGREGATES, migrate
 from citytel.storage.writer import store_batch
 from tests.integration.conftest import Fleet
 
@@ -27,9 +27,9 @@ def _on_timescaledb(store: str) -> None:
 def jobs(url: str) -> dict[tuple[str, str], tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT proc_name, hypertable_name, job_id, config, next_start"
+            # next_start as text: a job due at once has -infinity, which Python cannot hold.
+            "SELECT proc_name, hypertable_name, job_id, config, next_start::text"
             " FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"
-            " AND proc_name IN ('policy_compression', 'policy_retention')"
         ).fetchall()
     return {(str(r[0]), str(r[1])): tuple(r[2:]) for r in rows}
 
@@ -41,6 +41,10 @@ def test_migrate_again_keeps_every_job(database_url: str) -> None:
         (proc, table)
         for proc in ("policy_compression", "policy_retention")
         for table in ("waste_readings", "parking_readings")
+    } | {
+        (proc, view)
+        for proc in ("policy_refresh_continuous_aggregate", "policy_retention")
+        for view in HISTORY_AGGREGATES
     }
     report = migrate(Settings(), database_url=database_url)
     assert report.policies_changed == []
@@ -51,18 +55,35 @@ def test_a_changed_setting_alters_the_job_in_place(database_url: str) -> None:
     """A new retention period becomes the same job's configuration; nothing else changes."""
     before = jobs(database_url)
     report = migrate(Settings(timescale_retention="500 days"), database_url=database_url)
-    # The aggregates' refresh looks back over the retention period, so it follows too.
+    # The aggregates' refresh looks back over the retention period, so it follows too; their
+    # own retention is another setting, unchanged.
     assert report.policies_changed == [
         "waste_readings: retention",
         "parking_readings: retention",
-        "waste_fill_hourly: refresh",
-        "parking_occupancy_hourly: refresh",
+        *(f"{view}: refresh" for view in HISTORY_AGGREGATES),
     ]
+    after = jobs(database_url)
+    assert set(after) == set(before)
+    for key, (job_id, config, _next_start) in after.items():
+        assert job_id == before[key][0]
+        if key[0] == "policy_retention" and key[1] not in HISTORY_AGGREGATES:
+            assert config["drop_after"] == "500 days"
+        elif key[0] == "policy_refresh_continuous_aggregate":
+            assert config["start_offset"] == "500 days"
+        else:
+            assert config == before[key][1]
+
+
+def test_a_changed_aggregate_retention_alters_only_their_retention(database_url: str) -> None:
+    """CITYTEL_TIMESCALE_AGGREGATE_RETENTION becomes the aggregates' retention jobs, in place."""
+    before = jobs(database_url)
+    report = migrate(Settings(timescale_aggregate_retention="3 years"), database_url=database_url)
+    assert report.policies_changed == [f"{view}: retention" for view in HISTORY_AGGREGATES]
     after = jobs(database_url)
     for key, (job_id, config, _next_start) in after.items():
         assert job_id == before[key][0]
-        if key[0] == "policy_retention":
-            assert config["drop_after"] == "500 days"
+        if key[0] == "policy_retention" and key[1] in HISTORY_AGGREGATES:
+            assert config["drop_after"] == "3 years"
         else:
             assert config == before[key][1]
 
@@ -162,7 +183,7 @@ SELECT container_id, time_bucket(INTERVAL '1 hour', ts) AS bucket, avg(fill_pct)
 FROM waste_readings GROUP BY 1, 2 ORDER BY 1, 2
 """
 HOURLY_AGGREGATE = """
-SELECT container_id, bucket, mean_fill_pct, max_fill_pct, readings
+SELECT container_id, bucket, (fill_sum / readings)::float8, max_fill_pct, readings
 FROM waste_fill_hourly ORDER BY 1, 2
 """
 

@@ -11,17 +11,17 @@ from citytel.storage.migrate import _split_statements, load_migrations, migratio
 
 
 def test_shipped_migrations_are_ordered_and_guarded() -> None:
-    """Shipped files load in order; only the TimescaleDB one is guarded and non-transactional."""
+    """Shipped files load in order; only the TimescaleDB ones are guarded and non-transactional."""
     migrations = load_migrations(migrations_dir())
     assert [m.version for m in migrations] == sorted(m.version for m in migrations)
     guarded = [m.name for m in migrations if m.requires_timescaledb]
-    assert guarded == ["0003_timescaledb"]
+    assert guarded == ["0003_timescaledb", "0009_history_aggregates"]
     assert [m.name for m in migrations if not m.transactional] == guarded
 
 
 def test_timescale_migration_splits_into_statements() -> None:
     """The no-transaction migration splits into its statements, comments dropped."""
-    [timescale] = [m for m in load_migrations(migrations_dir()) if m.requires_timescaledb]
+    [timescale] = [m for m in load_migrations(migrations_dir()) if m.name == "0003_timescaledb"]
     statements = _split_statements(timescale.sql)
     assert statements[0] == "CREATE EXTENSION IF NOT EXISTS timescaledb"
     assert sum("create_hypertable" in s for s in statements) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import Counter
@@ -9,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from citytel.domain import DeviceKind, ParkingReading, WasteReading
+from citytel.domain import DEFAULT_GATEWAY, DeviceKind, ParkingReading, WasteReading
 from citytel.errors import RejectedMessage
 from citytel.formats.native import ParkingPayload, WastePayload, decode_native
 from citytel.formats.topics import parse_native_topic
@@ -158,11 +159,19 @@ def test_simulated_city_looks_plausible(fleet: Fleet) -> None:
     assert 0.3 < occupancy < 0.9
 
 
-def test_gateways_spread_devices(fleet: Fleet) -> None:
-    """Devices are published under gateways gw-01 .. gw-NN."""
-    config = StreamConfig(gateways=3)
-    gateways = {parse_native_topic(ROOT, m.topic).gateway for m in take(fleet, config, 500)}
-    assert gateways == {"gw-01", "gw-02", "gw-03"}
+def test_devices_are_published_under_their_own_gateway(fleet: Fleet) -> None:
+    """Each device's readings go out under the gateway its fleet entry binds it to."""
+    bound = {c.id: f"gw-{i % 3}" for i, c in enumerate(fleet.containers)}
+    rebound = Fleet(
+        tuple(dataclasses.replace(c, gateway=bound[c.id]) for c in fleet.containers),
+        fleet.spots,
+    )
+    seen: dict[str, str] = {}
+    for message in take(rebound, StreamConfig(), 500):
+        address = parse_native_topic(ROOT, message.topic)
+        seen[address.device_id] = address.gateway
+    assert {g for d, g in seen.items() if d in bound} == {"gw-0", "gw-1", "gw-2"}
+    assert all(seen[d] == bound.get(d, DEFAULT_GATEWAY) for d in seen)
 
 
 def test_history_ends_a_run_of_known_length_now() -> None:

@@ -20,6 +20,7 @@ from citytel.api.auth import KeyChecker
 from citytel.api.deps import refuse_nul
 from citytel.api.limits import BodyLimit
 from citytel.api.live_spots import LiveSpots
+from citytel.api.metrics import ApiMetrics
 from citytel.api.routes import (
     collection,
     containers,
@@ -41,7 +42,7 @@ from citytel.errors import (
     StorageError,
     TransientStorageError,
 )
-from citytel.ingest.pipeline import Decoders
+from citytel.ingest.pipeline import Decoders, sleep_unless
 from citytel.storage.pool import wait_for_pool
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,19 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         app.state.pool = None
 
         async def connect() -> None:
-            app.state.pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
+            # `citytel api` refuses to start on a database that refuses it for good (checked
+            # before the app is built); one that becomes unusable while it waits is logged and
+            # tried again, and /readyz says "unavailable" meanwhile.
+            while not stop.is_set():
+                try:
+                    app.state.pool = await wait_for_pool(
+                        settings, stop=stop, database_url=database_url
+                    )
+                except StorageError as exc:
+                    log.error("%s; trying again in 30 s", exc)  # noqa: TRY400 - says what to do
+                    await sleep_unless(stop, 30)
+                else:
+                    return
 
         # The API starts even while the database is away: /healthz answers, /readyz says why
         # it is not ready, and data routes answer 503 until the pool exists.
@@ -176,11 +189,14 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     )
     app.state.settings = settings
     app.state.pool = None
+    app.state.migrated = False
+    app.state.readiness_problems = {}
     app.state.decoders = Decoders.from_settings(settings)
     app.state.key_checker = KeyChecker(settings)
     app.state.live_spots = (
         LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
     )
+    ApiMetrics(app.state.live_spots).install(app)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(NotFoundError, _domain_error)
     app.add_exception_handler(InvalidQueryError, _domain_error)

@@ -52,7 +52,16 @@ class LiveSpots:
         self._resynced_at = 0.0
         self._read_at: float | None = None
         self.as_of: datetime | None = None
+        self.last_refresh_s: float | None = None
+        """How long the last successful read took (a full read or the changes)."""
         self._failing = False
+
+    @property
+    def age_s(self) -> float | None:
+        """Seconds since the view was last read from the database; None before the first read."""
+        if self._read_at is None:
+            return None
+        return time.monotonic() - self._read_at
 
     def fresh(self) -> tuple[FreeSpotIndex, datetime] | None:
         """The index and what it is as of, if read within the staleness bound; else None."""
@@ -92,6 +101,7 @@ class LiveSpots:
         else:
             self._index.apply(_state(row) for row in changes.rows)
         self._snapshot, self.as_of, self._read_at = changes.snapshot, changes.as_of, started
+        self.last_refresh_s = time.monotonic() - started
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -155,6 +155,27 @@ class ZoneSummary(BaseModel):
     spots_unknown: int
 
 
+class OccupancyBucket(BaseModel):
+    """A zone's parking occupancy in one time bucket."""
+
+    ts: datetime = Field(description="start of the bucket")
+    occupied_ratio: float = Field(
+        description="share of readings saying occupied, per reporting spot, averaged over spots"
+    )
+    spots_reporting: int = Field(description="spots with at least one reading in the bucket")
+    readings: int
+
+
+class ZoneOccupancy(BaseModel):
+    """A zone's parking occupancy over a time range."""
+
+    zone: str
+    start: datetime = Field(serialization_alias="from")
+    end: datetime = Field(serialization_alias="to")
+    bucket: str
+    buckets: list[OccupancyBucket]
+
+
 class ZonePublic(BaseModel):
     """A zone and what it holds."""
 

@@ -20,7 +20,7 @@ from citytel.domain import (
 from citytel.errors import RejectedMessage
 from citytel.formats.native import check_timestamp_window
 from citytel.formats.uplink import Uplink
-from citytel.storage.sensors import SensorIndex
+from citytel.storage.sensors import SensorBinding, SensorIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,17 @@ def _unknown_device(uplink: Uplink) -> RejectedMessage:
     return RejectedMessage(Reason.UNKNOWN_DEVICE, detail)
 
 
+def _wrong_application(uplink: Uplink, binding: SensorBinding) -> RejectedMessage:
+    who = f"DevEUI {uplink.dev_eui}" if uplink.dev_eui else f"device {uplink.device_id}"
+    detail = (
+        f"{who} ({uplink.network}) arrived through application {uplink.application!r}, but "
+        f"{binding.device_kind.value} device {binding.device_id!r} is bound to gateway "
+        f"{binding.gateway_id!r} (application {binding.lorawan_application!r}); if the device "
+        "moved, rebind it and replay this dead letter"
+    )
+    return RejectedMessage(Reason.WRONG_GATEWAY, detail)
+
+
 def interpret(
     pending: Sequence[PendingUplink],
     sensors: SensorIndex,
@@ -61,6 +72,11 @@ def interpret(
             binding = sensors.find(uplink.dev_eui, uplink.device_id)
             if binding is None:
                 raise _unknown_device(uplink)
+            if binding.lorawan_application is not None and binding.lorawan_application not in {
+                uplink.application,
+                f"{uplink.application}@{uplink.tenant}",
+            }:
+                raise _wrong_application(uplink, binding)
             check_timestamp_window(uplink.received_at, now, max_future, max_age=max_age)
             outcomes = interpret_uplink(
                 profile_for(profiles, binding.model),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,19 +16,31 @@ import asyncpg
 from citytel.config import Settings
 from citytel.decoding.profiles import DeviceProfile, load_profiles
 from citytel.domain import DeadLetter, DecodedMessage, Reason
-from citytel.errors import IngestFailed, RejectedMessage, StorageError, TransientStorageError
+from citytel.errors import (
+    CitytelError,
+    IngestFailed,
+    RejectedMessage,
+    StorageError,
+    TransientStorageError,
+)
 from citytel.formats.chirpstack import chirpstack_subscriptions
 from citytel.formats.lorawan import decode_lorawan, is_lorawan_topic
 from citytel.formats.native import decode_native
 from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
 from citytel.ingest.lorawan import PendingUplink, interpret
+from citytel.ingest.metrics import IngestMetrics
 from citytel.ingest.mqtt import InboundMessage, MqttConsumer
+from citytel.storage.gateways import mark_seen
+from citytel.storage.migrate import require_migrated
 from citytel.storage.pool import wait_for_pool
 from citytel.storage.sensors import resolve_sensors
 from citytel.storage.writer import BatchOutcome, store_batch, store_dead_letters
 
 log = logging.getLogger(__name__)
+
+# How often ingest writes when each gateway was last seen (gateways.last_seen_at).
+_SEEN_EVERY_S = 10.0
 
 
 @dataclass
@@ -43,8 +56,11 @@ class IngestStats:
     batch_failures: int = 0
     ignored: int = 0
     events: int = 0
+    # time.monotonic() of the last commit; the start before the first.
+    last_commit: float = field(default_factory=time.monotonic)
 
     def add(self, messages: int, outcome: BatchOutcome) -> None:
+        self.last_commit = time.monotonic()
         self.messages += messages
         self.readings_stored += outcome.stored
         self.duplicates += outcome.duplicates
@@ -141,6 +157,7 @@ def triage(
                 topic=message.topic,
                 payload=message.payload,
                 received_at=message.received_at,
+                gateway=address.gateway,
             )
         )
     return result
@@ -373,6 +390,44 @@ async def _report(stats: IngestStats, every: float) -> None:
         log.info("ingest: %s", stats.summary())
 
 
+@dataclass
+class GatewaysSeen:
+    """When each gateway last published, gathered in memory and written now and then.
+
+    Written every few seconds rather than in each batch's transaction: one row per gateway
+    updated by every concurrent batch would make the batches wait on each other's row locks.
+    """
+
+    root: str
+    pending: dict[str, datetime] = field(default_factory=dict)
+
+    def add(self, batch: Sequence[InboundMessage]) -> None:
+        prefix = self.root + "/"
+        for message in batch:
+            if message.topic.startswith(prefix):
+                gateway = message.topic[len(prefix) :].partition("/")[0]
+                last = self.pending.get(gateway)
+                if last is None or message.received_at > last:
+                    self.pending[gateway] = message.received_at
+
+    async def flush(self, pool: asyncpg.Pool) -> None:
+        """Write what was gathered; kept for the next flush when the database is away."""
+        seen, self.pending = self.pending, {}
+        try:
+            await mark_seen(pool, seen)
+        except StorageError as exc:
+            log.warning("recording when gateways were last seen failed (%s); will retry", exc)
+            for gateway, at in seen.items():
+                if gateway not in self.pending or at > self.pending[gateway]:
+                    self.pending[gateway] = at
+
+
+async def _record_seen(pool: asyncpg.Pool, seen: GatewaysSeen, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        await seen.flush(pool)
+
+
 async def _announce(consumer: MqttConsumer, subscribed: asyncio.Event | None) -> None:
     await consumer.wait_subscribed()
     if subscribed is not None:
@@ -385,8 +440,11 @@ async def run_ingest(
     stop: asyncio.Event,
     subscribed: asyncio.Event | None = None,
     database_url: str | None = None,
+    metrics: IngestMetrics | None = None,
 ) -> IngestStats:
     """Consume the subscription until ``stop`` is set.
+
+    ``metrics``, when given, read this run's totals at each scrape and time each batch's commit.
 
     ``subscribed``, when given, is set once the broker has granted the subscription: from then
     on, every message published to it is ours to store.
@@ -395,11 +453,20 @@ async def run_ingest(
     not acknowledged, and idempotent storage turns the redelivery into a no-op.
     """
     stats = IngestStats()
+    # Before waiting for the database: a TLS file that cannot be read is an error at start-up.
+    consumer = MqttConsumer(settings, subscriptions(settings))
     pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
     if pool is None:
         return stats
+    try:
+        # Without its tables, ingest would stall at the first message: refuse at start instead.
+        await require_migrated(pool)
+    except CitytelError:
+        await pool.close()
+        raise
     decoders = Decoders.from_settings(settings)
-    consumer = MqttConsumer(settings, subscriptions(settings))
+    if metrics is not None:
+        metrics.watch(stats, consumer)
     consumer.start()
     announce = asyncio.ensure_future(_announce(consumer, subscribed))
     flush_after = settings.ingest_flush_ms / 1000
@@ -409,15 +476,21 @@ async def run_ingest(
     slots = asyncio.Semaphore(settings.ingest_concurrency)
     in_flight: set[asyncio.Task[None]] = set()
     reporter = asyncio.ensure_future(_report(stats, settings.ingest_stats_interval_s))
+    seen = GatewaysSeen(settings.mqtt_topic_root)
+    recorder = asyncio.ensure_future(_record_seen(pool, seen, _SEEN_EVERY_S))
 
     broken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def handle(batch: list[InboundMessage]) -> None:
+        started = time.monotonic()
         try:
             outcome = await process_guarded(pool, batch, decoders, stop=stop, stats=stats)
             if outcome is not None:
                 consumer.ack(batch)
                 stats.add(len(batch), outcome)
+                seen.add(batch)
+                if metrics is not None:
+                    metrics.commit_seconds.observe(stats.last_commit - started)
         except Exception as exc:
             # Isolating the batch failed too: this worker cannot store anything. It ends, so
             # that its supervisor restarts it, rather than stay connected holding messages.
@@ -454,8 +527,10 @@ async def run_ingest(
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
         reporter.cancel()
+        recorder.cancel()
         announce.cancel()
         await consumer.stop()
+        await seen.flush(pool)
         await pool.close()
         log.info("ingest stopped: %s", stats.summary())
     if broken.done():

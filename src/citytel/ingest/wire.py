@@ -40,6 +40,10 @@ SESSION_EXPIRY_INTERVAL: Final = 0x11
 SERVER_KEEP_ALIVE: Final = 0x13
 REASON_STRING: Final = 0x1F
 RECEIVE_MAXIMUM: Final = 0x21
+MAXIMUM_QOS: Final = 0x24
+SHARED_SUBSCRIPTION_AVAILABLE: Final = 0x2A
+
+PROTOCOL_ERROR: Final = 0x82  # a DISCONNECT reason code; malformed packets are 0x81
 
 # How each property's value is encoded, to read the ones we use and step over the others.
 _BYTE, _TWO, _FOUR, _VARINT, _STRING, _BINARY, _PAIR = range(7)
@@ -85,6 +89,11 @@ REASONS: Final = {
 
 PINGREQ: Final = b"\xc0\x00"
 DISCONNECT: Final = b"\xe0\x00"  # reason 0: normal disconnection, the session is kept
+
+
+def encode_disconnect(reason: int) -> bytes:
+    """A DISCONNECT with a reason code and no properties."""
+    return bytes([0xE0, 2, reason, 0])
 
 
 def describe_reason(code: int) -> str:
@@ -200,6 +209,8 @@ class ConnAck:
     reason: int
     server_keep_alive: int | None = None
     reason_string: str | None = None
+    maximum_qos: int = 2  # absent: the broker supports QoS 2
+    shared_subscriptions: bool = True  # Shared Subscription Available; absent: available
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,11 +314,15 @@ def parse_connack(body: bytes) -> ConnAck:
         properties, _ = read_properties(body, 2)
     keep_alive = properties.get(SERVER_KEEP_ALIVE)
     reason_string = properties.get(REASON_STRING)
+    maximum_qos = properties.get(MAXIMUM_QOS, 2)
+    shared = properties.get(SHARED_SUBSCRIPTION_AVAILABLE, 1)
     return ConnAck(
         session_present=bool(body[0] & 0x01),
         reason=body[1],
         server_keep_alive=keep_alive if isinstance(keep_alive, int) else None,
         reason_string=reason_string if isinstance(reason_string, str) else None,
+        maximum_qos=maximum_qos if isinstance(maximum_qos, int) else 2,
+        shared_subscriptions=shared != 0,
     )
 
 
@@ -382,7 +397,7 @@ def _parse_publish(flags: int, buffer: bytearray, start: int, stop: int) -> Publ
     if qos == 2:
         # We subscribe at QoS 1: a broker must never send more than it granted.
         message = "PUBLISH with QoS 2 on a QoS 1 subscription"
-        raise ProtocolError(message)
+        raise ProtocolError(message, PROTOCOL_ERROR)
     topic_length = int.from_bytes(buffer[start : start + 2], "big")
     pos = start + 2 + topic_length
     if not topic_length:
@@ -407,7 +422,7 @@ def _parse_publish(flags: int, buffer: bytearray, start: int, stop: int) -> Publ
         found, _ = read_properties(bytes(buffer[pos:stop]), 0)
         if TOPIC_ALIAS in found:
             message = "PUBLISH with a Topic Alias, which this client does not allow"
-            raise ProtocolError(message)
+            raise ProtocolError(message, PROTOCOL_ERROR)
     pos = properties[0] + properties[1]
     return Publish(
         topic=topic,

@@ -39,6 +39,13 @@ FOR UPDATE SKIP LOCKED
 
 DELETE = "DELETE FROM dead_letters WHERE id = ANY($1::bigint[])"
 
+# The API's role (citytel_api, migrations/0012_roles.sql) cannot write readings: a replay takes
+# the ingest role's privileges for the storing part of its transaction, and only that part.
+MUST_BORROW_INGEST = """
+SELECT NOT has_table_privilege('waste_readings', 'INSERT')
+   AND pg_has_role('citytel_ingest', 'MEMBER')
+"""
+
 
 @dataclass(frozen=True)
 class DeadLetterFilter:
@@ -113,7 +120,12 @@ async def replay_dead_letters(
             Letter(r["id"], r["topic"], bytes(r["payload"]), r["first_received_at"]) for r in rows
         ]
         decoded, dead = await decode(letters)
+        borrow = await conn.fetchval(MUST_BORROW_INGEST)
+        if borrow:
+            await conn.execute("SET LOCAL ROLE citytel_ingest")
         outcome = await store_decoded(conn, decoded, dead, replaying=True)
+        if borrow:
+            await conn.execute("RESET ROLE")
         still_dead = {(d.topic, d.payload) for d in outcome.dead}
         resolved = [x.id for x in letters if (x.topic, x.payload) not in still_dead]
         await conn.execute(DELETE, resolved)

@@ -21,14 +21,18 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import asyncpg
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from citytel.config import Settings
 from citytel.errors import ConfigurationError, StorageError
+from citytel.storage.pool import connection
 
 log = logging.getLogger(__name__)
+
+NOT_MIGRATED = "database not migrated: run `citytel migrate`"
 
 _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _DIRECTIVE = re.compile(r"^--\s*citytel:\s*(.+?)\s*$", re.MULTILINE)
@@ -139,6 +143,14 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -
     conn.execute(*record)
 
 
+# The continuous aggregates of migrations/0009_history_aggregates.sql, which the API reads.
+HISTORY_AGGREGATES = (
+    "waste_fill_hourly",
+    "parking_occupancy_hourly",
+    "waste_fill_daily",
+    "parking_occupancy_daily",
+)
+
 _FIND_JOB = (
     "SELECT job_id, config FROM timescaledb_information.jobs"
     " WHERE proc_name = %s AND hypertable_name = %s"
@@ -202,14 +214,18 @@ def _apply_timescale_policies(
             changed.append(f"{table}: retention")
     # The refresh policies of 0003 looked back 3 days: a reading arriving later never reached
     # its bucket. Looking back over the whole retention period costs little, because a refresh
-    # re-materialises only the buckets TimescaleDB logged as changed by late inserts.
-    for view in ("waste_fill_hourly", "parking_occupancy_hourly"):
+    # re-materialises only the buckets TimescaleDB logged as changed by late inserts; and it never
+    # reaches back past the raw readings' retention, where it would empty the buckets the
+    # aggregates keep longer (CITYTEL_TIMESCALE_AGGREGATE_RETENTION).
+    for view in HISTORY_AGGREGATES:
         found = conn.execute(
             "SELECT 1 FROM timescaledb_information.continuous_aggregates"
             " WHERE view_schema = 'public' AND view_name = %s",
             (view,),
         ).fetchone()
-        if found is not None and _keep_policy(
+        if found is None:
+            continue
+        if _keep_policy(
             conn,
             view,
             "policy_refresh_continuous_aggregate",
@@ -219,7 +235,44 @@ def _apply_timescale_policies(
             " end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes')",
         ):
             changed.append(f"{view}: refresh")
+        if _keep_policy(
+            conn,
+            view,
+            "policy_retention",
+            "drop_after",
+            settings.timescale_aggregate_retention,
+            "SELECT add_retention_policy(%s::regclass, %s::interval)",
+        ):
+            changed.append(f"{view}: retention")
     return changed
+
+
+def _apply_roles(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> None:
+    # After every run: the aggregates exist only once TimescaleDB is there, and a password is a
+    # setting, not a migration.
+    roles = {
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname IN ('citytel_ingest', 'citytel_api')"
+        ).fetchall()
+    }
+    if "citytel_api" in roles:
+        for view in HISTORY_AGGREGATES:
+            if conn.execute("SELECT to_regclass(%s)", (view,)).fetchone() != (None,):
+                conn.execute(
+                    sql.SQL("GRANT SELECT ON {} TO citytel_api").format(sql.Identifier(view))
+                )
+    passwords = {
+        "citytel_ingest": settings.database_ingest_password,
+        "citytel_api": settings.database_api_password,
+    }
+    for role, password in passwords.items():
+        if role in roles and password is not None:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password.get_secret_value())
+                )
+            )
 
 
 def migrate(settings: Settings, *, database_url: str | None = None) -> MigrationReport:
@@ -273,17 +326,19 @@ def _migrate(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -
             _apply(conn, migration)
             applied.append(migration.name)
         changed: list[str] = []
+        _apply_roles(conn, settings)
         if timescale:
             changed = _apply_timescale_policies(conn, settings)
             version = conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
             ).fetchone()
             log.info(
-                "TimescaleDB %s: readings in hypertables with compression after %s, retention %s"
-                " and hourly continuous aggregates",
+                "TimescaleDB %s: readings in hypertables with compression after %s, retention %s;"
+                " hourly and daily continuous aggregates kept %s",
                 version[0] if version else "?",
                 settings.timescale_compress_after,
                 settings.timescale_retention,
+                settings.timescale_aggregate_retention,
             )
         else:
             log.info(
@@ -321,3 +376,33 @@ def ensure_database(settings: Settings) -> bool:
     except psycopg.Error as exc:
         message = f"cannot create database {name!r}: {exc}"
         raise StorageError(message) from exc
+
+
+async def missing_migrations(pool: asyncpg.Pool) -> list[str]:
+    """The migrations every citytel database needs that this one has not had, in order.
+
+    Those that require TimescaleDB are left out: a plain PostgreSQL database never gets them.
+    Empty when the database is ready for this version of citytel.
+
+    Raises:
+        StorageError: the database could not be read.
+    """
+    needed = [m for m in load_migrations(migrations_dir()) if not m.requires_timescaledb]
+    async with connection(pool) as conn:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+            return [m.name for m in needed]
+        rows = await conn.fetch("SELECT version FROM schema_migrations")
+    applied = {row["version"] for row in rows}
+    return [m.name for m in needed if m.version not in applied]
+
+
+async def require_migrated(pool: asyncpg.Pool) -> None:
+    """Refuse to work on a database that lacks some of this version's migrations.
+
+    Raises:
+        ConfigurationError: saying which are missing and to run ``citytel migrate``.
+    """
+    missing = await missing_migrations(pool)
+    if missing:
+        message = f"{NOT_MIGRATED} (missing: {', '.join(missing)})"
+        raise ConfigurationError(message)

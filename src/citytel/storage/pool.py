@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import asyncpg
 
-from citytel.config import Settings
+from citytel.config import Settings, database_address
 from citytel.errors import StorageError, TransientStorageError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,31 @@ def translate(exc: BaseException) -> StorageError:
     return StorageError(message)
 
 
+def _connect_error(exc: BaseException, where: str) -> StorageError:
+    """The error of a failed connection attempt, naming the server and, when permanent, the fix.
+
+    ``where`` is ``host:port/database``: never the user's password, which the driver's own
+    messages do not contain either.
+    """
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        message = (
+            f"database {where} does not exist: run `citytel migrate` (it creates the database "
+            "and its tables), or fix the database name in CITYTEL_DATABASE_URL"
+        )
+        return StorageError(message)
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        message = (
+            f"database {where} refused the connection ({exc}): create that role on the server, "
+            "or fix the user name and password in CITYTEL_DATABASE_URL"
+        )
+        return StorageError(message)
+    error = translate(exc)
+    if isinstance(error, TransientStorageError):
+        return TransientStorageError(f"database {where} unreachable: {error}")
+    message = f"database {where} cannot be used: {error}; check CITYTEL_DATABASE_URL"
+    return StorageError(message)
+
+
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection goes back to the pool.
 
@@ -68,9 +93,11 @@ async def create_pool(settings: Settings, *, database_url: str | None = None) ->
     """A pool on the configured database.
 
     Raises:
-        StorageError: the database cannot be reached (transient) or refuses us (permanent).
+        StorageError: the database cannot be reached (transient) or refuses us (permanent,
+            with what to do about it).
     """
     url = database_url or settings.database_url.get_secret_value()
+    where = database_address(url)
     try:
         pool = await asyncpg.create_pool(
             url,
@@ -83,7 +110,7 @@ async def create_pool(settings: Settings, *, database_url: str | None = None) ->
             reset=_keep_session,
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise translate(exc) from exc
+        raise _connect_error(exc, where) from exc
     return pool
 
 
@@ -97,13 +124,17 @@ async def wait_for_pool(
     """Create the pool, retrying with backoff while the database is unreachable.
 
     Returns None when ``stop`` is set before the database answers.
+
+    Raises:
+        StorageError: the database refuses us for good (no such database or role): retrying
+            would not help, the message says what to do.
     """
     delay = 0.5
     while True:
         try:
             return await create_pool(settings, database_url=database_url)
         except TransientStorageError as exc:
-            log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
+            log.warning("%s; retrying in %.1f s", exc, delay)
         if stop is None:
             await asyncio.sleep(delay)
         else:

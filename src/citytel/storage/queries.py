@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from citytel.errors import NotFoundError
-from citytel.storage.pool import connection
+from citytel.storage.pool import Connection, connection
 
 _CONTAINER_COLUMNS = """
     c.id, c.zone, c.capacity_l, c.depth_mm, c.waste_kind,
@@ -78,8 +78,20 @@ LIMIT $7 OFFSET $8
 
 COUNT_FULL_CONTAINERS = f"SELECT count(*) {_FULL_ENOUGH}"
 
-# Without a zone or a box the registry need not be joined: every latest state has a container.
-COUNT_FULL_CONTAINERS_ANYWHERE = "SELECT count(*) FROM container_latest WHERE fill_pct >= $1"
+# Dispatch's page and its total in one round trip: the total is an uncorrelated subquery that
+# runs once beside the page's index walk, and without the registry join when no zone or box is
+# asked (every latest state has a container). An empty page carries no total: then it is counted
+# on its own (COUNT_FULL_CONTAINERS).
+LIST_FULL_CONTAINERS_WITH_TOTAL = f"""
+WITH page AS ({LIST_FULL_CONTAINERS})
+SELECT page.*,
+       CASE WHEN $1::text IS NULL AND $3::float8 IS NULL
+            THEN (SELECT count(*) FROM container_latest WHERE fill_pct >= $2)
+            ELSE (SELECT count(*) {_FULL_ENOUGH})
+       END AS total
+FROM page
+ORDER BY page.fill_pct DESC, page.id
+"""  # noqa: S608
 
 # The containers a collection round may include: every one with a fill level, in a zone or a
 # box if asked. Which are due is decided in Python (citytel.collection), from the fill cycle.
@@ -107,17 +119,80 @@ ORDER BY ts
 LIMIT $4
 """
 
-# date_bin rather than TimescaleDB's time_bucket: the same query runs on plain PostgreSQL.
-CONTAINER_READINGS_BUCKETED = """
-SELECT date_bin($4::interval, ts, TIMESTAMPTZ '2000-01-01') AS ts,
-       avg(fill_pct)::float8 AS fill_pct, min(fill_pct) AS min_fill_pct,
-       max(fill_pct) AS max_fill_pct, avg(battery_pct)::float8 AS battery_pct,
-       avg(temperature_c)::float8 AS temperature_c, count(*) AS readings
+# History per bucket reads rows of one shape, ``(device, bucket, sums and counts)``: from the
+# hourly or daily continuous aggregates (migrations/0009_history_aggregates.sql) when the bucket
+# is a whole number of their buckets, or from the raw readings, each a bucket of one. The same
+# outer query combines either, and every sum is a numeric sum, exact, so both give the same
+# answer to the last bit. date_bin rather than TimescaleDB's time_bucket: the same query runs on
+# plain PostgreSQL, where only the raw readings exist. Its origin is a UTC midnight, as
+# time_bucket's hours and days are.
+_WASTE_RAW = """
+SELECT container_id, ts AS bucket, fill_pct::numeric AS fill_sum, fill_pct AS min_fill_pct,
+       fill_pct AS max_fill_pct, 1::bigint AS readings, battery_pct::numeric AS battery_sum,
+       (battery_pct IS NOT NULL)::int::bigint AS battery_readings,
+       temperature_c::numeric AS temperature_sum,
+       (temperature_c IS NOT NULL)::int::bigint AS temperature_readings
 FROM waste_readings
-WHERE container_id = $1 AND ts >= $2 AND ts < $3
+"""
+
+_WASTE_BUCKETS = """
+SELECT date_bin($4::interval, h.bucket, TIMESTAMPTZ '2000-01-01') AS ts,
+       (sum(h.fill_sum) / sum(h.readings))::float8 AS fill_pct,
+       min(h.min_fill_pct) AS min_fill_pct, max(h.max_fill_pct) AS max_fill_pct,
+       (sum(h.battery_sum) / nullif(sum(h.battery_readings), 0))::float8 AS battery_pct,
+       (sum(h.temperature_sum) / nullif(sum(h.temperature_readings), 0))::float8 AS temperature_c,
+       sum(h.readings)::bigint AS readings
+FROM ({source}) h
+WHERE h.container_id = $1 AND h.bucket >= $2 AND h.bucket < $3
 GROUP BY 1
 ORDER BY 1
 """
+
+_PARKING_RAW = """
+SELECT spot_id, ts AS bucket, occupied::int::bigint AS occupied_readings, 1::bigint AS readings
+FROM parking_readings
+"""
+
+# A zone's occupancy per bucket: each reporting spot's share of readings that said occupied,
+# averaged over the spots (so a chatty sensor weighs no more than a quiet one).
+_ZONE_OCCUPANCY = """
+WITH per_spot AS (
+    SELECT h.spot_id, date_bin($4::interval, h.bucket, TIMESTAMPTZ '2000-01-01') AS ts,
+           sum(h.occupied_readings) AS occupied, sum(h.readings) AS readings
+    FROM ({source}) h
+    JOIN parking_spots s ON s.id = h.spot_id
+    WHERE s.zone = $1 AND h.bucket >= $2 AND h.bucket < $3
+    GROUP BY 1, 2
+)
+SELECT ts, avg(occupied / readings)::float8 AS occupied_ratio, count(*) AS spots_reporting,
+       sum(readings)::bigint AS readings
+FROM per_spot
+GROUP BY ts
+ORDER BY ts
+"""
+
+_HISTORY_SOURCES = {
+    "raw": (_WASTE_RAW, _PARKING_RAW),
+    "hourly": (
+        "SELECT * FROM waste_fill_hourly",
+        "SELECT spot_id, bucket, occupied_readings, readings FROM parking_occupancy_hourly",
+    ),
+    "daily": (
+        "SELECT * FROM waste_fill_daily",
+        "SELECT spot_id, bucket, occupied_readings, readings FROM parking_occupancy_daily",
+    ),
+}
+CONTAINER_BUCKETS = {
+    name: _WASTE_BUCKETS.format(source=waste) for name, (waste, _) in _HISTORY_SOURCES.items()
+}
+ZONE_OCCUPANCY = {
+    name: _ZONE_OCCUPANCY.format(source=parking) for name, (_, parking) in _HISTORY_SOURCES.items()
+}
+
+# The aggregates exist where migrations/0009_history_aggregates.sql was applied (TimescaleDB).
+HAS_AGGREGATES = "SELECT to_regclass('public.waste_fill_daily') IS NOT NULL"
+
+ZONE_SPOT_COUNT = "SELECT count(*) FROM parking_spots WHERE zone = $1"
 
 _SPOT_COLUMNS = """
     s.id, s.zone, s.category,
@@ -312,17 +387,17 @@ async def list_containers(
 ) -> tuple[list[asyncpg.Record], int]:
     """Containers matching the filters, fullest first, and how many match in all."""
     box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
-    listing, counting = (
-        (LIST_CONTAINERS, COUNT_CONTAINERS)
-        if min_fill_pct is None
-        else (LIST_FULL_CONTAINERS, COUNT_FULL_CONTAINERS)
-    )
     async with connection(pool) as conn:
-        rows = await conn.fetch(listing, zone, min_fill_pct, *box, limit, offset)
-        if min_fill_pct is not None and zone is None and bbox is None:
-            total = await conn.fetchval(COUNT_FULL_CONTAINERS_ANYWHERE, min_fill_pct)
-        else:
-            total = await conn.fetchval(counting, zone, min_fill_pct, *box)
+        if min_fill_pct is not None:
+            rows = await conn.fetch(
+                LIST_FULL_CONTAINERS_WITH_TOTAL, zone, min_fill_pct, *box, limit, offset
+            )
+            if rows:
+                return rows, int(rows[0]["total"])
+            total = await conn.fetchval(COUNT_FULL_CONTAINERS, zone, min_fill_pct, *box)
+            return rows, int(total)
+        rows = await conn.fetch(LIST_CONTAINERS, zone, min_fill_pct, *box, limit, offset)
+        total = await conn.fetchval(COUNT_CONTAINERS, zone, min_fill_pct, *box)
     return rows, int(total)
 
 
@@ -366,6 +441,40 @@ async def get_container(pool: asyncpg.Pool, container_id: str) -> asyncpg.Record
     return row
 
 
+# date_bin's origin in the history queries.
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def history_source(*, start: datetime, end: datetime, bucket: timedelta, aggregates: bool) -> str:
+    """Where buckets of ``bucket`` over ``[start, end)`` are read from: ``daily``, ``hourly``
+    (continuous aggregates, when ``aggregates``) or ``raw``.
+
+    An aggregate serves when the bucket is a whole number of its buckets and the range starts
+    and ends on its bucket boundaries (UTC), so that it covers exactly the same readings.
+    """
+    if not aggregates:
+        return "raw"
+    for name, size in (("daily", timedelta(days=1)), ("hourly", timedelta(hours=1))):
+        if bucket % size == timedelta(0) and all(
+            (t - _ORIGIN) % size == timedelta(0) for t in (start, end)
+        ):
+            return name
+    return "raw"
+
+
+async def _history(
+    conn: Connection,
+    by_source: dict[str, str],
+    key: str,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+) -> list[asyncpg.Record]:
+    aggregates = bool(await conn.fetchval(HAS_AGGREGATES))
+    source = history_source(start=start, end=end, bucket=bucket, aggregates=aggregates)
+    return await conn.fetch(by_source[source], key, start, end, bucket)
+
+
 async def container_readings(
     pool: asyncpg.Pool,
     container_id: str,
@@ -375,7 +484,10 @@ async def container_readings(
     bucket: timedelta | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """A container's readings in ``[start, end)``, raw or averaged per bucket.
+    """A container's readings in ``[start, end)``, raw or combined per bucket.
+
+    Buckets come from the continuous aggregates where they can (see :func:`history_source`),
+    from the raw readings otherwise: the same answer either way.
 
     Raises:
         NotFoundError: no such container.
@@ -386,7 +498,27 @@ async def container_readings(
             raise NotFoundError(what="container", key=container_id)
         if bucket is None:
             return await conn.fetch(CONTAINER_READINGS, container_id, start, end, limit)
-        return await conn.fetch(CONTAINER_READINGS_BUCKETED, container_id, start, end, bucket)
+        return await _history(conn, CONTAINER_BUCKETS, container_id, start, end, bucket)
+
+
+async def zone_occupancy(
+    pool: asyncpg.Pool,
+    zone: str,
+    *,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+) -> list[asyncpg.Record]:
+    """A zone's parking occupancy per bucket in ``[start, end)``: occupied ratio, spots
+    reporting, readings. From the aggregates where they can serve, as container_readings.
+
+    Raises:
+        NotFoundError: the zone has no parking spot.
+    """
+    async with connection(pool) as conn:
+        if await conn.fetchval(ZONE_SPOT_COUNT, zone) == 0:
+            raise NotFoundError(what="parking zone", key=zone)
+        return await _history(conn, ZONE_OCCUPANCY, zone, start, end, bucket)
 
 
 async def free_spots_near_json(

@@ -22,6 +22,9 @@ class SensorBinding:
     network_device_id: str | None
     depth_mm: int | None
     full_mark_mm: int | None
+    gateway_id: str = "default"
+    lorawan_application: str | None = None
+    """The network-server application the device's gateway stands for; ``None``: not bound."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ async def resolve_sensors(
             network_device_id=row["network_device_id"],
             depth_mm=row["depth_mm"],
             full_mark_mm=row["full_mark_mm"],
+            gateway_id=row["gateway_id"],
+            lorawan_application=row["lorawan_application"],
         )
         for row in rows
     ]

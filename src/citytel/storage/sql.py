@@ -1,7 +1,9 @@
 """Named SQL. Every identifier here is ours; values only ever travel as ``$n`` parameters."""
 
-KNOWN_CONTAINERS = "SELECT id FROM containers WHERE id = ANY($1::text[])"
-KNOWN_SPOTS = "SELECT id FROM parking_spots WHERE id = ANY($1::text[])"
+# With each device's gateway: the binding is checked against the registry row the batch already
+# reads, in the batch's own transaction, so a rebinding applies to the very next batch.
+KNOWN_CONTAINERS = "SELECT id, gateway_id FROM containers WHERE id = ANY($1::text[])"
+KNOWN_SPOTS = "SELECT id, gateway_id FROM parking_spots WHERE id = ANY($1::text[])"
 
 # One round trip stores a kind's readings and moves each device's latest state forward.
 #
@@ -152,9 +154,12 @@ RESOLVE_SENSORS = """
 SELECT s.dev_eui, s.network_device_id, s.model,
        coalesce(s.container_id, s.spot_id) AS device_id,
        CASE WHEN s.container_id IS NOT NULL THEN 'waste' ELSE 'parking' END AS device_kind,
-       c.depth_mm, c.full_mark_mm
+       c.depth_mm, c.full_mark_mm,
+       g.id AS gateway_id, g.lorawan_application
 FROM sensors s
 LEFT JOIN containers c ON c.id = s.container_id
+LEFT JOIN parking_spots p ON p.id = s.spot_id
+JOIN gateways g ON g.id = coalesce(c.gateway_id, p.gateway_id)
 WHERE s.dev_eui = ANY($1::text[]) OR s.network_device_id = ANY($2::text[])
 """
 

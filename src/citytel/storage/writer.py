@@ -75,8 +75,12 @@ async def store_decoded(
     events = _EventColumns()
     frames: set[tuple[DeviceKind, str, int]] = set()
     for message in decoded:
-        if message.device_id not in known[message.kind]:
+        bound_to = known[message.kind].get(message.device_id)
+        if bound_to is None:
             dead.append(_unknown_device(message))
+            continue
+        if message.gateway is not None and message.gateway != bound_to:
+            dead.append(_wrong_gateway(message, bound_to))
             continue
         if message.f_cnt is not None:
             # A retransmission within the batch; the SQL catches those across batches.
@@ -111,16 +115,17 @@ async def store_decoded(
 
 async def _known_devices(
     conn: Connection, decoded: Sequence[DecodedMessage]
-) -> dict[DeviceKind, set[str]]:
+) -> dict[DeviceKind, dict[str, str]]:
+    """The registered devices of a batch, each with the gateway it is bound to."""
     wanted: dict[DeviceKind, set[str]] = {kind: set() for kind in DeviceKind}
     for message in decoded:
         wanted[message.kind].add(message.device_id)
     queries = {DeviceKind.WASTE: sql.KNOWN_CONTAINERS, DeviceKind.PARKING: sql.KNOWN_SPOTS}
-    known: dict[DeviceKind, set[str]] = {kind: set() for kind in DeviceKind}
+    known: dict[DeviceKind, dict[str, str]] = {kind: {} for kind in DeviceKind}
     for kind, ids in wanted.items():
         if ids:
             rows = await conn.fetch(queries[kind], list(ids))
-            known[kind] = {row["id"] for row in rows}
+            known[kind] = {row["id"]: row["gateway_id"] for row in rows}
     return known
 
 
@@ -162,6 +167,21 @@ def _unknown_device(message: DecodedMessage) -> DeadLetter:
         detail=(
             f"no {registry} {message.device_id!r} in the registry; "
             "import it with `citytel fleet import` and replay this dead letter"
+        ),
+        received_at=message.received_at,
+    )
+
+
+def _wrong_gateway(message: DecodedMessage, bound_to: str) -> DeadLetter:
+    registry = "container" if message.kind is DeviceKind.WASTE else "parking spot"
+    return DeadLetter(
+        topic=message.topic,
+        payload=message.payload,
+        reason=Reason.WRONG_GATEWAY,
+        detail=(
+            f"gateway {message.gateway!r} published for {registry} {message.device_id!r}, "
+            f"which is bound to gateway {bound_to!r}; if the device moved, rebind it (fleet "
+            "property 'gateway', then `citytel fleet import`) and replay this dead letter"
         ),
         received_at=message.received_at,
     )

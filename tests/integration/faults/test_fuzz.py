@@ -19,7 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from citytel.config import Settings
-from citytel.domain import DeviceKind
+from citytel.domain import DEFAULT_GATEWAY, DeviceKind
 from citytel.errors import RejectedMessage
 from citytel.formats.native import decode_native
 from citytel.formats.topics import parse_native_topic
@@ -83,7 +83,8 @@ def messages(draw: st.DrawFn, root: str, fleet: SimFleet) -> tuple[str, bytes]:
     # Mostly well-addressed, so that payload checks and storage are reached as often as topics.
     device = draw(st.one_of(st.sampled_from(known), st.sampled_from(known), segment_text))
     kind_segment = draw(st.one_of(st.just(kind.value), st.just(kind.value), segment_text))
-    gateway = draw(st.one_of(st.just("gw-1"), st.just("gw-2"), segment_text))
+    # The fleet's devices are bound to the default gateway: any other one is wrong_gateway.
+    gateway = draw(st.one_of(st.just(DEFAULT_GATEWAY), st.just("gw-2"), segment_text))
     topic = f"{root}/{gateway}/{kind_segment}/{device}"
     payload = draw(
         st.one_of(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic_core import to_json
 
 from citytel.api.auth import require
 from citytel.api.deps import PoolDep, require_offset
@@ -17,7 +18,6 @@ from citytel.api.schemas import (
     ContainerPage,
     ContainerPublic,
     ContainerReadings,
-    Location,
     ReadingPublic,
 )
 from citytel.collection import FillCycle, fill_rate_pct_h, reaches_at
@@ -36,6 +36,11 @@ MAX_BUCKETS = 10_000
 MAX_BUCKET = timedelta(days=366)
 DEFAULT_RANGE = timedelta(hours=24)
 
+FromQuery = Annotated[
+    datetime | None, Query(alias="from", description="start, inclusive (default: to - 24 h)")
+]
+ToQuery = Annotated[datetime | None, Query(alias="to", description="end, exclusive (default: now)")]
+
 
 def fill_state(row: asyncpg.Record) -> FillCycle:
     """The fill cycle of a container row."""
@@ -48,25 +53,34 @@ def fill_state(row: asyncpg.Record) -> FillCycle:
     )
 
 
-def container_public(row: asyncpg.Record) -> ContainerPublic:
-    """The public shape of a container row."""
+def container_item(row: asyncpg.Record) -> dict[str, Any]:
+    """The public shape of a container row (:class:`ContainerPublic`), as plain values.
+
+    The dispatch list serializes a hundred of these straight to JSON: building and validating
+    as many models was most of its time, and every value comes typed from our own columns.
+    """
     state = fill_state(row)
     rate = fill_rate_pct_h(state)
-    return ContainerPublic(
-        id=row["id"],
-        zone=row["zone"],
-        location=Location(lat=row["lat"], lon=row["lon"]),
-        capacity_l=row["capacity_l"],
-        depth_mm=row["depth_mm"],
-        waste_kind=row["waste_kind"],
-        fill_pct=row["fill_pct"],
-        battery_pct=row["battery_pct"],
-        temperature_c=row["temperature_c"],
-        measured_at=row["measured_at"],
-        last_seen=row["last_seen"],
-        fill_rate_pct_per_h=round(rate, 3) if rate is not None else None,
-        predicted_full_at=reaches_at(state, 100.0),
-    )
+    return {
+        "id": row["id"],
+        "zone": row["zone"],
+        "location": {"lat": row["lat"], "lon": row["lon"]},
+        "capacity_l": row["capacity_l"],
+        "depth_mm": row["depth_mm"],
+        "waste_kind": row["waste_kind"],
+        "fill_pct": row["fill_pct"],
+        "battery_pct": row["battery_pct"],
+        "temperature_c": row["temperature_c"],
+        "measured_at": row["measured_at"],
+        "last_seen": row["last_seen"],
+        "fill_rate_pct_per_h": round(rate, 3) if rate is not None else None,
+        "predicted_full_at": reaches_at(state, 100.0),
+    }
+
+
+def container_public(row: asyncpg.Record) -> ContainerPublic:
+    """The public shape of a container row."""
+    return ContainerPublic.model_validate(container_item(row))
 
 
 def parse_bbox(raw: str) -> BBox:
@@ -107,6 +121,22 @@ def parse_bucket(raw: str) -> timedelta:
     return step
 
 
+def history_range(
+    start: datetime | None, end: datetime | None, bucket: str | None
+) -> tuple[datetime, datetime, timedelta | None]:
+    """A history query's ``[from, to)`` (default: the last 24 h) and bucket."""
+    end = require_offset(end, "to") if end is not None else datetime.now(UTC)
+    start = require_offset(start, "from") if start is not None else end - DEFAULT_RANGE
+    if start >= end:
+        message = f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
+        raise InvalidQueryError(message)
+    step = parse_bucket(bucket) if bucket is not None else None
+    if step is not None and (end - start) / step > MAX_BUCKETS:
+        message = f"{bucket} buckets over this range make more than {MAX_BUCKETS}; widen the bucket"
+        raise InvalidQueryError(message)
+    return start, end, step
+
+
 @router.get("", response_model=ContainerPage)
 async def list_containers(
     pool: PoolDep,
@@ -124,20 +154,23 @@ async def list_containers(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> ContainerPage:
+) -> Response:
     """Containers, fullest first, filtered by zone, fill level and bounding box."""
     box = parse_bbox(bbox) if bbox is not None else None
     rows, total = await queries.list_containers(
         pool, zone=zone, min_fill_pct=min_fill_pct, bbox=box, limit=limit, offset=offset
     )
     next_offset = offset + limit if offset + limit < total else None
-    return ContainerPage(
-        items=[container_public(r) for r in rows],
-        total=total,
-        limit=limit,
-        offset=offset,
-        next_offset=next_offset,
-    )
+    page = {
+        "items": [container_item(r) for r in rows],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": next_offset,
+    }
+    # Encoded by pydantic-core as the models would be, without building them: FastAPI would
+    # validate the page again and then encode it in Python (response_model still documents it).
+    return Response(to_json(page), media_type="application/json")
 
 
 @router.get("/{container_id}", response_model=ContainerPublic, responses={404: {}})
@@ -156,25 +189,13 @@ async def get_container(pool: PoolDep, container_id: str) -> ContainerPublic:
 async def container_readings(
     pool: PoolDep,
     container_id: str,
-    start: Annotated[
-        datetime | None, Query(alias="from", description="start, inclusive (default: to - 24 h)")
-    ] = None,
-    end: Annotated[
-        datetime | None, Query(alias="to", description="end, exclusive (default: now)")
-    ] = None,
+    start: FromQuery = None,
+    end: ToQuery = None,
     bucket: Annotated[str | None, Query(description="average per bucket, like 15m, 1h, 1d")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="raw readings at most")] = 1000,
 ) -> ContainerReadings:
     """A container's fill readings over time, raw or averaged per time bucket."""
-    end = require_offset(end, "to") if end is not None else datetime.now(UTC)
-    start = require_offset(start, "from") if start is not None else end - DEFAULT_RANGE
-    if start >= end:
-        message = f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})"
-        raise InvalidQueryError(message)
-    step = parse_bucket(bucket) if bucket is not None else None
-    if step is not None and (end - start) / step > MAX_BUCKETS:
-        message = f"{bucket} buckets over this range make more than {MAX_BUCKETS}; widen the bucket"
-        raise InvalidQueryError(message)
+    start, end, step = history_range(start, end, bucket)
     rows = await queries.container_readings(
         pool, container_id, start=start, end=end, bucket=step, limit=limit
     )

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Query
 
 from citytel.api.auth import require
 from citytel.api.deps import PoolDep
-from citytel.api.schemas import FullContainer, ZonePublic, ZoneSummary
+from citytel.api.routes.containers import FromQuery, ToQuery, history_range
+from citytel.api.schemas import (
+    FullContainer,
+    OccupancyBucket,
+    ZoneOccupancy,
+    ZonePublic,
+    ZoneSummary,
+)
 from citytel.keys import Scope
 from citytel.storage import queries
 
@@ -47,4 +54,30 @@ async def zone_summary(
         spots_free=spots["spots_free"],
         spots_occupied=spots["spots_occupied"],
         spots_unknown=spots["spots_unknown"],
+    )
+
+
+@router.get(
+    "/{zone}/occupancy",
+    response_model=ZoneOccupancy,
+    response_model_by_alias=True,
+    responses={404: {}},
+)
+async def zone_occupancy(
+    pool: PoolDep,
+    zone: str,
+    start: FromQuery = None,
+    end: ToQuery = None,
+    bucket: Annotated[str, Query(description="time bucket, like 15m, 1h, 1d")] = "1h",
+) -> ZoneOccupancy:
+    """A zone's parking occupancy per time bucket: occupied ratio, spots reporting, readings."""
+    start, end, step = history_range(start, end, bucket)
+    assert step is not None  # noqa: S101 - a bucket is always given here
+    rows = await queries.zone_occupancy(pool, zone, start=start, end=end, bucket=step)
+    return ZoneOccupancy(
+        zone=zone,
+        start=start,
+        end=end,
+        bucket=bucket,
+        buckets=[OccupancyBucket(**dict(r)) for r in rows],
     )
