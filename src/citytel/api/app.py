@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,7 @@ from citytel.api.routes import (
     zones,
 )
 from citytel.api.routes.console import mount_console
+from citytel.api.schemas import Problem
 from citytel.config import Settings, get_settings
 from citytel.errors import (
     ConflictError,
@@ -100,6 +102,42 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
         )
     log.error("storage error: %s", exc)
     return JSONResponse(status_code=500, content={"detail": "internal storage error"})
+
+
+_ERRORS = {
+    "401": "no API key, or an unknown or revoked one",
+    "403": "the API key lacks the scope this route needs",
+    "422": "invalid parameters: which, and why",
+}
+
+
+def _openapi_with_our_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document with the error bodies this API really sends (``Problem``).
+
+    FastAPI documents its own 422 shape; ours is :class:`Problem` (see ``_invalid_request``),
+    and every route with a scope also answers 401 and 403.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                statuses = ["401", "403"] if operation.get("security") else []
+                statuses += ["422"] if "422" in responses else []
+                for status in statuses:
+                    responses[status] = {"description": _ERRORS[status], "content": problem}
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        return document
+
+    return openapi
 
 
 def create_app(settings: Settings, *, database_url: str | None = None) -> FastAPI:
@@ -190,6 +228,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     _serve_docs(app)
     app.include_router(events.router)
     mount_console(app)
+    app.openapi = _openapi_with_our_errors(app)  # type: ignore[method-assign]
     return app
 
 

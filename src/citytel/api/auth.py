@@ -7,6 +7,7 @@ used with a key.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -40,9 +41,10 @@ class KeyChecker:
     """Finds keys by hash, remembering positive answers briefly, and notes their use.
 
     A key is looked up in the database at most once per ``api_key_cache_s`` (one second by
-    default): the hot routes do not pay a query per request. Revoking through this process's API
-    empties the cache, so the key stops working here at once; another process notices within
-    the cache time. ``last_used_at`` is written at most once per key per ``api_key_touch_s``.
+    default): the hot routes do not pay a query per request, and requests that miss together
+    share one lookup. Revoking through this process's API empties the cache, so the key stops
+    working here at once; another process notices within the cache time. ``last_used_at`` is
+    written at most once per key per ``api_key_touch_s``.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -50,10 +52,15 @@ class KeyChecker:
         self._touch_every = settings.api_key_touch_s
         self._cache: dict[bytes, tuple[ApiKey, float]] = {}
         self._touched: dict[int, float] = {}
+        self._pending: dict[bytes, asyncio.Future[ApiKey | None]] = {}
+        # Bumped by forget(): a lookup that began before a revocation does not fill the cache.
+        self._generation = 0
 
     def forget(self) -> None:
-        """Drop every remembered key (after a revocation)."""
+        """Drop every remembered key and lookup in flight (after a revocation)."""
+        self._generation += 1
         self._cache.clear()
+        self._pending.clear()
 
     async def check(self, pool: asyncpg.Pool, key: str) -> ApiKey | None:
         """The live (not revoked) key ``key`` is, or None."""
@@ -65,18 +72,37 @@ class KeyChecker:
         if cached is not None and cached[1] > now:
             found: ApiKey | None = cached[0]
         else:
-            found = await self._lookup(pool, digest, now)
+            found = await self._shared_lookup(pool, digest, now)
         if found is not None and now - self._touched.get(found.id, -1e18) >= self._touch_every:
             self._touched[found.id] = now
             await api_keys.touch_key(pool, found.id, datetime.now(UTC))
         return found
 
+    async def _shared_lookup(self, pool: asyncpg.Pool, digest: bytes, now: float) -> ApiKey | None:
+        # When the entry of a busy key expires, every request in flight misses at once: one
+        # query answers them all instead of one each.
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(pool, digest, now))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda done: self._settled(digest, done))
+        return await asyncio.shield(pending)
+
+    def _settled(self, digest: bytes, done: asyncio.Future[ApiKey | None]) -> None:
+        if self._pending.get(digest) is done:
+            del self._pending[digest]
+        if not done.cancelled():
+            # Retrieved here, so that a failure every waiter gave up on is not reported as lost;
+            # the waiters themselves get it from the shield.
+            done.exception()
+
     async def _lookup(self, pool: asyncpg.Pool, digest: bytes, now: float) -> ApiKey | None:
         self._cache.pop(digest, None)
+        generation = self._generation
         stored = await api_keys.find_key(pool, digest)
         if stored is None or not same_hash(stored[1], digest) or stored[0].revoked_at is not None:
             return None
-        if self._ttl > 0:
+        if self._ttl > 0 and generation == self._generation:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = (stored[0], now + self._ttl)
