@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from citytel.config import Settings
+from citytel.config import Settings, database_address
 from citytel.decoding.profiles import DeviceProfile, load_profiles
 from citytel.domain import DeadLetter, DecodedMessage, Reason
 from citytel.errors import (
@@ -54,6 +54,8 @@ class IngestStats:
     events: int = 0
     # time.monotonic() of the last commit; the start before the first.
     last_commit: float = field(default_factory=time.monotonic)
+    # host:port/database, for the retry lines: never the password.
+    database: str = "the database"
 
     def add(self, messages: int, outcome: BatchOutcome) -> None:
         self.last_commit = time.monotonic()
@@ -285,19 +287,28 @@ async def process_with_retry(
             outcome = await store_batch(pool, decoded, dead)
         except TransientStorageError as exc:
             stats.retries += 1
-            log.warning("storing a batch failed (%s); retrying in %.1f s", exc, delay)
+            log.warning(
+                "%s: storing a batch failed (%s); retrying in %.1f s", stats.database, exc, delay
+            )
         except StorageError as exc:
             if read is None:
                 # Looking sensors up failed for a reason other than an outage: a bug of ours,
                 # not bad input. Say so loudly and keep the messages until it is fixed.
-                log.error("reading a batch failed (%s); retrying in %.1f s", exc, delay)  # noqa: TRY400
+                log.error(  # noqa: TRY400
+                    "%s: reading a batch failed (%s); retrying in %.1f s",
+                    stats.database,
+                    exc,
+                    delay,
+                )
             else:
                 log.warning("the database refused a batch (%s); storing one by one", exc)
                 try:
                     outcome = await _store_one_by_one(pool, read[0], read[1])
                 except TransientStorageError as retry_exc:
                     stats.retries += 1
-                    log.warning("storing one by one failed (%s); retrying", retry_exc)
+                    log.warning(
+                        "%s: storing one by one failed (%s); retrying", stats.database, retry_exc
+                    )
                 else:
                     stats.ignored += read[2]
                     return outcome
@@ -369,7 +380,12 @@ async def _store_letters_with_retry(
             await store_dead_letters(pool, letters)
         except TransientStorageError as exc:
             stats.retries += 1
-            log.warning("storing a dead letter failed (%s); retrying in %.1f s", exc, delay)
+            log.warning(
+                "%s: storing a dead letter failed (%s); retrying in %.1f s",
+                stats.database,
+                exc,
+                delay,
+            )
         else:
             outcome = BatchOutcome()
             outcome.dead_letters.update(letter.reason for letter in letters)
@@ -409,7 +425,8 @@ async def run_ingest(
     Nothing is acknowledged before it is committed: on a crash, the broker redelivers what was
     not acknowledged, and idempotent storage turns the redelivery into a no-op.
     """
-    stats = IngestStats()
+    url = database_url or settings.database_url.get_secret_value()
+    stats = IngestStats(database=f"database {database_address(url)}")
     pool = await wait_for_pool(settings, stop=stop, database_url=database_url)
     if pool is None:
         return stats
