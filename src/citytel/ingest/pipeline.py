@@ -24,13 +24,13 @@ from citytel.errors import (
     TransientStorageError,
 )
 from citytel.formats.chirpstack import chirpstack_subscriptions
-from citytel.formats.lorawan import decode_lorawan, is_lorawan_topic
 from citytel.formats.native import decode_native
+from citytel.formats.network_server import decode_lorawan, is_lorawan_topic
 from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
-from citytel.ingest.lorawan import PendingUplink, interpret
 from citytel.ingest.metrics import IngestMetrics
 from citytel.ingest.mqtt import InboundMessage, MqttConsumer
+from citytel.ingest.sensor_binding import PendingUplink, interpret
 from citytel.storage.migrate import require_migrated
 from citytel.storage.pool import wait_for_pool
 from citytel.storage.sensors import resolve_sensors
