@@ -72,7 +72,13 @@ def citytel(
     command: list[str], env: dict[str, str], log: Path, *, within: float = 60.0
 ) -> tuple[int, str]:
     """Run ``citytel COMMAND`` to its end; its exit code and everything it printed."""
-    full_env = {**os.environ, "CITYTEL_MQTT_PASSWORD": MQTT_PASSWORD, **env}
+    # No metrics port unless the test sets one: tests elsewhere may hold the default.
+    full_env = {
+        **os.environ,
+        "CITYTEL_MQTT_PASSWORD": MQTT_PASSWORD,
+        "CITYTEL_INGEST_METRICS_PORT": "0",
+        **env,
+    }
     with log.open("wb") as out:
         done = subprocess.run(
             [sys.executable, "-m", "citytel", *command],

@@ -33,7 +33,7 @@ from citytel.domain import (
     WasteReading,
 )
 from citytel.errors import ConfigurationError, RejectedMessage
-from citytel.formats.uplink import Uplink
+from citytel.formats.envelope import Uplink
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "sensors" / "profiles"
 PROFILES = load_profiles(PROFILE_DIR)

@@ -16,9 +16,9 @@ from paho.mqtt.client import topic_matches_sub
 from citytel.domain import Reason
 from citytel.errors import RejectedMessage
 from citytel.formats.chirpstack import chirpstack_subscriptions, parse_chirpstack_topic
-from citytel.formats.lorawan import decode_lorawan
+from citytel.formats.envelope import EventKind, Uplink
+from citytel.formats.network_server import decode_lorawan
 from citytel.formats.ttn import parse_ttn_topic, ttn_subscriptions
-from citytel.formats.uplink import EventKind, Uplink
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -15,10 +15,10 @@ import pytest
 from citytel.decoding import CODECS, DeviceProfile, interpret_uplink, network_fields
 from citytel.domain import HealthEvent, Outcome, ParkingReading, Reason, WasteReading
 from citytel.errors import RejectedMessage
-from citytel.formats.lorawan import decode_lorawan
+from citytel.formats.envelope import Uplink
 from citytel.formats.native import check_timestamp_window, decode_native
+from citytel.formats.network_server import decode_lorawan
 from citytel.formats.topics import parse_native_topic
-from citytel.formats.uplink import Uplink
 from simulators import encoders
 from simulators.cli import FORMATS
 from simulators.encoders import Frame

@@ -6,11 +6,11 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from citytel.decoding.device_payload import decode_fields
 from citytel.decoding.profiles import DeviceProfile, Vector
-from citytel.decoding.uplink import decode_fields
 from citytel.domain import HealthEvent, Outcome
 from citytel.errors import ConfigurationError
-from citytel.formats.uplink import Uplink
+from citytel.formats.envelope import Uplink
 
 VECTOR_TS = datetime(2026, 1, 1, tzinfo=UTC)
 VECTOR_DEVICE = "vector-device"

@@ -5,7 +5,7 @@ from citytel.formats.chirpstack import (
     decode_chirpstack,
     parse_chirpstack_topic,
 )
-from citytel.formats.lorawan import decode_lorawan
+from citytel.formats.envelope import EventKind, LorawanTopic, Network, Uplink
 from citytel.formats.native import (
     MAX_PAYLOAD_BYTES,
     ParkingPayload,
@@ -13,9 +13,9 @@ from citytel.formats.native import (
     decode_native,
     encode_native,
 )
+from citytel.formats.network_server import decode_lorawan
 from citytel.formats.topics import TopicAddress, native_topic, parse_native_topic
 from citytel.formats.ttn import decode_ttn, parse_ttn_topic, ttn_subscriptions
-from citytel.formats.uplink import EventKind, LorawanTopic, Network, Uplink
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",

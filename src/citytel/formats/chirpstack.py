@@ -13,7 +13,7 @@ from typing import Any
 
 from citytel.domain import Reason
 from citytel.errors import RejectedMessage
-from citytel.formats.uplink import (
+from citytel.formats.envelope import (
     EventKind,
     LorawanTopic,
     Uplink,

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from citytel.config import Settings
+from citytel.config import Settings, database_address
 from citytel.decoding.profiles import DeviceProfile, load_profiles
 from citytel.domain import DeadLetter, DecodedMessage, Reason
 from citytel.errors import (
@@ -24,13 +24,13 @@ from citytel.errors import (
     TransientStorageError,
 )
 from citytel.formats.chirpstack import chirpstack_subscriptions
-from citytel.formats.lorawan import decode_lorawan, is_lorawan_topic
 from citytel.formats.native import decode_native
+from citytel.formats.network_server import decode_lorawan, is_lorawan_topic
 from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
-from citytel.ingest.lorawan import PendingUplink, interpret
 from citytel.ingest.metrics import IngestMetrics
 from citytel.ingest.mqtt import InboundMessage
+from citytel.ingest.sensor_binding import PendingUplink, interpret
 from citytel.ingest.source import Source, open_source
 from citytel.storage.gateways import mark_seen
 from citytel.storage.migrate import require_migrated
@@ -59,6 +59,8 @@ class IngestStats:
     events: int = 0
     # time.monotonic() of the last commit; the start before the first.
     last_commit: float = field(default_factory=time.monotonic)
+    # host:port/database, for the retry lines: never the password.
+    database: str = "the database"
 
     def add(self, messages: int, outcome: BatchOutcome) -> None:
         self.last_commit = time.monotonic()
@@ -291,19 +293,28 @@ async def process_with_retry(
             outcome = await store_batch(pool, decoded, dead)
         except TransientStorageError as exc:
             stats.retries += 1
-            log.warning("storing a batch failed (%s); retrying in %.1f s", exc, delay)
+            log.warning(
+                "%s: storing a batch failed (%s); retrying in %.1f s", stats.database, exc, delay
+            )
         except StorageError as exc:
             if read is None:
                 # Looking sensors up failed for a reason other than an outage: a bug of ours,
                 # not bad input. Say so loudly and keep the messages until it is fixed.
-                log.error("reading a batch failed (%s); retrying in %.1f s", exc, delay)  # noqa: TRY400
+                log.error(  # noqa: TRY400
+                    "%s: reading a batch failed (%s); retrying in %.1f s",
+                    stats.database,
+                    exc,
+                    delay,
+                )
             else:
                 log.warning("the database refused a batch (%s); storing one by one", exc)
                 try:
                     outcome = await _store_one_by_one(pool, read[0], read[1])
                 except TransientStorageError as retry_exc:
                     stats.retries += 1
-                    log.warning("storing one by one failed (%s); retrying", retry_exc)
+                    log.warning(
+                        "%s: storing one by one failed (%s); retrying", stats.database, retry_exc
+                    )
                 else:
                     stats.ignored += read[2]
                     return outcome
@@ -375,7 +386,12 @@ async def _store_letters_with_retry(
             await store_dead_letters(pool, letters)
         except TransientStorageError as exc:
             stats.retries += 1
-            log.warning("storing a dead letter failed (%s); retrying in %.1f s", exc, delay)
+            log.warning(
+                "%s: storing a dead letter failed (%s); retrying in %.1f s",
+                stats.database,
+                exc,
+                delay,
+            )
         else:
             outcome = BatchOutcome()
             outcome.dead_letters.update(letter.reason for letter in letters)
@@ -453,7 +469,8 @@ async def run_ingest(
     Nothing is acknowledged before it is committed: on a crash, the broker redelivers what was
     not acknowledged, and idempotent storage turns the redelivery into a no-op.
     """
-    stats = IngestStats()
+    url = database_url or settings.database_url.get_secret_value()
+    stats = IngestStats(database=f"database {database_address(url)}")
     # Before waiting for the database: a TLS file that cannot be read is an error at start-up.
     # Dead letters of the source's own (JetStream) go through the pool, there by then.
     consumer = open_source(settings, subscriptions(settings), lambda letters: dead_letter(letters))

@@ -106,7 +106,11 @@ async def test_database_stopped_for_seconds_mid_stream(
         async with asyncio.timeout(120):
             await publishing
         await settle(pool, truth)
-        assert "retrying" in worker.log.read_text()
+        log = worker.log.read_text().splitlines()
+        retries = [line for line in log if "retrying" in line and " citytel." in line]
+        assert retries
+        # Every retry line of ours names the database, never with its password.
+        assert all(f"database {settings.database_where}" in line for line in retries), retries
     finally:
         worker.stop()
         publishing.cancel()

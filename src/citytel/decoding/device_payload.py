@@ -15,7 +15,7 @@ from citytel.decoding.codecs import CODECS
 from citytel.decoding.profiles import MM_PER_UNIT, DeviceProfile
 from citytel.domain import HealthEvent, HealthKind, Outcome, Reason
 from citytel.errors import RejectedMessage
-from citytel.formats.uplink import Uplink
+from citytel.formats.envelope import Uplink
 
 _NUMBER_WITH_UNIT = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([A-Za-z°℃%]*)\s*$")
 _VOLTS_PER_UNIT = {"v": 1.0, "mv": 0.001}

@@ -7,8 +7,8 @@ from datetime import datetime
 from citytel.domain import Reason
 from citytel.errors import RejectedMessage
 from citytel.formats.chirpstack import decode_chirpstack
+from citytel.formats.envelope import Uplink
 from citytel.formats.ttn import decode_ttn
-from citytel.formats.uplink import Uplink
 
 
 def decode_lorawan(topic: str, payload: bytes, *, now: datetime) -> Uplink | None:

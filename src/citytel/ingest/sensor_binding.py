@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from citytel.decoding.device_payload import interpret_uplink
 from citytel.decoding.profiles import DeviceProfile, profile_for
-from citytel.decoding.uplink import interpret_uplink
 from citytel.domain import (
     DeadLetter,
     DecodedMessage,
@@ -18,8 +18,8 @@ from citytel.domain import (
     WasteReading,
 )
 from citytel.errors import RejectedMessage
+from citytel.formats.envelope import Uplink
 from citytel.formats.native import check_timestamp_window
-from citytel.formats.uplink import Uplink
 from citytel.storage.sensors import SensorBinding, SensorIndex
 
 
