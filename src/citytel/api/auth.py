@@ -8,6 +8,7 @@ used with a key.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,6 +21,8 @@ from citytel.config import Settings
 from citytel.errors import MissingScopeError, NotAuthenticatedError, TransientStorageError
 from citytel.keys import ApiKey, Scope, hash_key, looks_like_key, same_hash
 from citytel.storage import api_keys
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -50,6 +53,7 @@ class KeyChecker:
     def __init__(self, settings: Settings) -> None:
         self._ttl = settings.api_key_cache_s
         self._touch_every = settings.api_key_touch_s
+        self._grace = settings.api_live_max_staleness_s
         self._cache: dict[bytes, tuple[ApiKey, float]] = {}
         self._touched: dict[int, float] = {}
         self._pending: dict[bytes, asyncio.Future[ApiKey | None]] = {}
@@ -75,7 +79,12 @@ class KeyChecker:
             found = await self._shared_lookup(pool, digest, now)
         if found is not None and now - self._touched.get(found.id, -1e18) >= self._touch_every:
             self._touched[found.id] = now
-            await api_keys.touch_key(pool, found.id, datetime.now(UTC))
+            try:
+                await api_keys.touch_key(pool, found.id, datetime.now(UTC))
+            except TransientStorageError as exc:
+                # Only the last-use time is lost, and it is written again at the next use.
+                log.warning("could not record the use of key %r: %s", found.name, exc)
+                del self._touched[found.id]
         return found
 
     async def _shared_lookup(self, pool: asyncpg.Pool, digest: bytes, now: float) -> ApiKey | None:
@@ -97,10 +106,18 @@ class KeyChecker:
             done.exception()
 
     async def _lookup(self, pool: asyncpg.Pool, digest: bytes, now: float) -> ApiKey | None:
-        self._cache.pop(digest, None)
         generation = self._generation
-        stored = await api_keys.find_key(pool, digest)
+        previous = self._cache.get(digest)
+        try:
+            stored = await api_keys.find_key(pool, digest)
+        except TransientStorageError:
+            # The database is away: a key found valid moments ago keeps working as long as the
+            # live parking view may answer without the database (CITYTEL_API_LIVE_MAX_STALENESS_S).
+            if previous is not None and now < previous[1] + self._grace:
+                return previous[0]
+            raise
         if stored is None or not same_hash(stored[1], digest) or stored[0].revoked_at is not None:
+            self._cache.pop(digest, None)
             return None
         if self._ttl > 0 and generation == self._generation:
             if len(self._cache) >= _CACHE_LIMIT:
