@@ -25,8 +25,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import asyncpg
-
 from bench.api_load import http_load, parameters
 from bench.database import populate_latest, reset
 from bench.load import Workload, start_paced
@@ -38,7 +36,7 @@ from bench.services import (
     cpu_seconds,
     create_api_key,
 )
-from bench.steady import _distribution_ms
+from bench.steady import _distribution_ms, _received
 
 WATCHERS = 5
 _CONNECT_IN = 200  # subscribers connected at once
@@ -129,23 +127,6 @@ class _Subscribers:
             writer.close()
 
 
-async def _received(
-    url: str, keys: list[tuple[str, datetime]]
-) -> dict[tuple[str, datetime], float]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT r.container_id AS id, r.ts, extract(epoch FROM r.received_at)::float8 AS at"
-            " FROM unnest($1::text[], $2::timestamptz[]) AS k(id, ts)"
-            " JOIN waste_readings r ON r.container_id = k.id AND r.ts = k.ts",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-        )
-    finally:
-        await conn.close()
-    return {(r["id"], r["ts"]): r["at"] for r in rows}
-
-
 def _one_run(
     services: Services,
     workload: Workload,
@@ -202,7 +183,7 @@ def _one_run(
         (device, datetime.fromisoformat(ts)): at
         for (device, ts), at in subscribers.arrivals.items()
     }
-    received = asyncio.run(_received(services.database_url, list(timed)))
+    received = asyncio.run(_received(services.database_url))
     from_received = [at - received[k] for k, at in timed.items() if k in received]
     from_published = [at - published[k] for k, at in timed.items() if k in published]
     return {
