@@ -21,7 +21,7 @@ import contextlib
 import json
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -220,8 +220,11 @@ def run(
         message = "the workload is too small for this push run"
         raise ValueError(message)
     reset(services.database_url)
-    # Older than the workload's readings (from two hours ago on), so each one is a change.
-    populate_latest(services.database_url, hours_ago=3)
+    # Older than the run's readings, so that each of them is a change the feed can push.
+    oldest = min(ts for _, ts in workload.keys[base : base + 2 * int(rate * seconds)])
+    populate_latest(
+        services.database_url, hours_ago=(datetime.now(UTC) - oldest) / timedelta(hours=1) + 1
+    )
     key = create_api_key(services, "bench-push")
     worker = services.worker("bench/push", "bench-push-0")
     worker.start()
