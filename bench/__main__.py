@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, drain, history, jetstream_drain, profile, report, steady
+from bench import api_load, drain, history, jetstream_drain, profile, push, report, steady
 from bench.database import import_fleet
 from bench.load import build_workload
 from bench.services import REPO, Services
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["drain", "jetstream", "steady", "api", "profile", "history"],
+        choices=["drain", "jetstream", "steady", "api", "profile", "history", "push"],
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         choices=["parking", "containers"],
         help="with the api scenario, only these endpoints (repeatable; default both)",
+    )
+    parser.add_argument(
+        "--push-clients", type=int, help="push: SSE subscribers (default 1000, quick 100)"
+    )
+    parser.add_argument(
+        "--push-rate", type=float, help="push: readings/s beside them (default 5000, quick 1000)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
@@ -93,12 +99,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = args.messages or (20_000 if args.quick else 200_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
-    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile", "history"])
+    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile", "history", "push"])
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
+    push_rate = args.push_rate or (1000.0 if args.quick else 5000.0)
+    push_clients = args.push_clients or (100 if args.quick else 1000)
+    # Two runs, without and with subscribers, each with readings of its own.
+    push_count = 2 * int(push_rate * steady_s) if "push" in only else 0
 
     started = time.monotonic()
     log.info("generating %d simulated readings", count + steady_count)
-    workload = build_workload(containers=CONTAINERS, spots=SPOTS, messages=count + steady_count)
+    workload = build_workload(
+        containers=CONTAINERS, spots=SPOTS, messages=count + steady_count + push_count
+    )
     summary: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
@@ -144,6 +156,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 duration=api_s,
                 warmup=2.0 if args.quick else 3.0,
                 queries=tuple(args.api_query or ("parking", "containers")),
+            )
+        if "push" in only:
+            log.info("push: %d SSE subscribers beside %g readings/s", push_clients, push_rate)
+            summary["push"] = push.run(
+                services,
+                workload,
+                base=count + steady_count,
+                rate=push_rate,
+                seconds=steady_s,
+                clients=push_clients,
+                concurrency=args.concurrency,
+                publishers=args.paced_publishers,
             )
         if "history" in only:
             log.info("history: 90 days of readings, from the aggregates and from the raw tables")

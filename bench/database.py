@@ -88,26 +88,27 @@ def import_fleet(url: str, collection: dict[str, Any], workdir: Path) -> None:
         raise RuntimeError(message)
 
 
-def populate_latest(url: str, *, free_ratio: float = 0.4) -> dict[str, int]:
+def populate_latest(url: str, *, free_ratio: float = 0.4, hours_ago: float = 0) -> dict[str, int]:
     """A latest state for every spot and container, as after a day of readings.
 
     ``free_ratio`` of the spots are free; fills are uniform in 0-100 %. Seeded, so every run
-    queries the same data.
+    queries the same data. Measured within the hour before ``hours_ago`` hours ago.
     """
     with connect(url) as conn:
         conn.execute("TRUNCATE container_latest, spot_latest")
         conn.execute("SELECT setseed(0.2026)")
         conn.execute(
             "INSERT INTO spot_latest (spot_id, ts, occupied, battery_pct, last_seen)"
-            " SELECT id, now() - random() * interval '1 hour', random() >= %s, 80, now()"
+            " SELECT id, now() - (%s + random()) * interval '1 hour', random() >= %s, 80, now()"
             " FROM parking_spots ORDER BY id",
-            (free_ratio,),
+            (hours_ago, free_ratio),
         )
         conn.execute(
             "INSERT INTO container_latest"
             " (container_id, ts, fill_pct, battery_pct, temperature_c, last_seen)"
-            " SELECT id, now() - random() * interval '1 hour', round((random() * 100)::numeric, 1),"
-            " 80, 20, now() FROM containers ORDER BY id"
+            " SELECT id, now() - (%s + random()) * interval '1 hour',"
+            " round((random() * 100)::numeric, 1), 80, 20, now() FROM containers ORDER BY id",
+            (hours_ago,),
         )
         conn.execute("VACUUM ANALYZE container_latest")
         conn.execute("VACUUM ANALYZE spot_latest")

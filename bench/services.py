@@ -367,6 +367,10 @@ def auth_headers(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+# The process of each running ``citytel_api`` by base URL, for its CPU time (and its workers').
+API_PIDS: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def citytel_api(
     services: Services,
@@ -403,6 +407,8 @@ def citytel_api(
         wait_for_http(f"{base}/readyz", within)
         if live_spots:
             _wait_for_live_view(base, within, auth_headers(key))
+        API_PIDS[base] = process.pid
         yield base
     finally:
+        API_PIDS.pop(f"http://127.0.0.1:{port}", None)
         stop_group(process)

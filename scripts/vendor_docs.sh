@@ -21,5 +21,11 @@ tar xzf "$work/redoc-$REDOC_VERSION.tgz" -C "$work"
 for f in bundles/redoc.standalone.js bundles/redoc.standalone.js.LICENSE.txt LICENSE; do
   cp "$work/package/$f" "$target/redoc/"
 done
+# ReDoc's side menu shows the "API docs by Redocly" logo from Redocly's CDN, and has no option to
+# turn it off: an empty inline image takes its place, so the page makes no request elsewhere.
+logo='https://cdn.redoc.ly/redoc/logo-mini.svg'
+grep -q "$logo" "$target/redoc/redoc.standalone.js"
+sed -i "s|$logo|data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27/%3E|" \
+  "$target/redoc/redoc.standalone.js"
 printf 'swagger-ui-dist %s\nredoc %s\n' "$SWAGGER_UI_VERSION" "$REDOC_VERSION" >"$target/VERSIONS"
 echo "vendored swagger-ui-dist $SWAGGER_UI_VERSION and redoc $REDOC_VERSION into $target"

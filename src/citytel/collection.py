@@ -2,14 +2,18 @@
 
 Pure functions, no I/O; :mod:`citytel.api.routes.collection` feeds them from the database.
 
-A container's **fill cycle** starts when it is emptied: a reading more than
-``EMPTIED_DROP_PCT`` points below the one before it (:func:`advance_cycle`, which
-``storage/writer.py`` applies as readings are stored). Its **fill rate** is the mean rate of
-the current cycle once the cycle is an hour old, before that the mean rate of the previous
+A container's **fill cycle** starts when it is emptied (:func:`advance_cycle`, which
+``storage/writer.py`` applies as readings are stored): a reading more than ``EMPTIED_DROP_PCT``
+points below the one before it (a full or partial emptying), or any reading below the level the
+cycle started at. The second rule catches what the first misses: a container emptied while
+nearly empty (glass at 12 % emptied to 2 % drops by less than the threshold), a fill that
+settles, and a cycle whose first reading was a high one of the sensor's noise. So within a
+cycle no reading is below its start, and no rate is negative. Its **fill rate** is the mean rate
+of the current cycle once the cycle is an hour old, before that the mean rate of the previous
 cycle. A mean over the whole cycle uses only its two ends, so the centimetre-scale jitter of
 ultrasonic readings does not add up, and it is the rate that matters for dispatch: how long
-until full at the pace since the last collection. It can be slightly negative (compaction, a
-fill that settles): such a container is not filling and has no forecast.
+until full at the pace since the last collection. Starting at a low reading biases it up by at
+most the sensor's noise over the cycle's length (a point or two over a day: under 0.1 %/h).
 
 The **round** is an open path from the start through every due container, on great-circle
 distances: the shortest one for up to nine points (the start and eight stops, or nine stops
@@ -58,16 +62,16 @@ def advance_cycle(cycle: FillCycle, readings: Iterable[tuple[datetime, float]]) 
     """The cycle after ``readings`` (ts, fill_pct), taken in time order.
 
     A reading no newer than the cycle's latest is history only. Each reading more than
-    ``EMPTIED_DROP_PCT`` points below the one before it ends the cycle, which leaves its mean rate
-    if it lasted ``MIN_CYCLE``, and starts a new one: so several readings stored together count
-    exactly as if they had come one by one.
+    ``EMPTIED_DROP_PCT`` points below the one before it, or below the cycle's start, ends the
+    cycle, which leaves its mean rate if it lasted ``MIN_CYCLE``, and starts a new one: so several
+    readings stored together count exactly as if they had come one by one.
     """
     for ts, fill in sorted(readings):
         if cycle.ts is not None and ts <= cycle.ts:
             continue
         if cycle.started_at is None or cycle.fill_pct is None or cycle.start_fill_pct is None:
             cycle = FillCycle(ts, fill, ts, fill, cycle.last_rate_pct_h)
-        elif fill < cycle.fill_pct - EMPTIED_DROP_PCT:
+        elif fill < cycle.fill_pct - EMPTIED_DROP_PCT or fill < cycle.start_fill_pct:
             rate = cycle.last_rate_pct_h
             if cycle.ts is not None and cycle.ts - cycle.started_at >= MIN_CYCLE:
                 hours = (cycle.ts - cycle.started_at) / timedelta(hours=1)

@@ -26,10 +26,10 @@ def hours(h: float) -> datetime:
 
 # (container index, hours from NOW, fill %), published step by step in this order.
 HISTORY = [
-    [(0, -6, 10.0), (2, -10, 20.0), (3, -5, 50.0)],
-    [(0, -3, 40.0), (2, -3, 90.0)],
-    [(2, -2, 5.0)],  # emptied: 85 points down
-    [(0, 0, 70.0), (1, 0, 85.0), (2, 0, 20.0), (3, 0, 50.0)],
+    [(0, -6, 10.0), (2, -10, 20.0), (3, -5, 50.0), (6, -6, 12.0)],
+    [(0, -3, 40.0), (2, -3, 90.0), (6, -4, 14.0)],
+    [(2, -2, 5.0), (6, -3, 2.0)],  # emptied: 85 points down; 12 points, from nearly empty
+    [(0, 0, 70.0), (1, 0, 85.0), (2, 0, 20.0), (3, 0, 50.0), (6, -1, 4.0)],
     [(0, -4, 95.0)],  # a late reading: history only
 ]
 
@@ -77,6 +77,10 @@ async def test_fill_rate_and_forecast(history: Fleet, api: httpx.AsyncClient) ->
     idle = (await api.get(f"/v1/containers/{history.containers[3]}")).json()
     assert idle["fill_rate_pct_per_h"] == 0
     assert idle["predicted_full_at"] is None
+
+    nearly_empty = (await api.get(f"/v1/containers/{history.containers[6]}")).json()
+    assert nearly_empty["fill_rate_pct_per_h"] == pytest.approx(1)  # 2 -> 4 % in 2 h
+    assert datetime.fromisoformat(nearly_empty["predicted_full_at"]) == hours(-1 + 96)
 
     never = (await api.get(f"/v1/containers/{history.containers[5]}")).json()
     assert never["fill_rate_pct_per_h"] is None

@@ -66,6 +66,14 @@ class Watched:
 
 async def open_console(browser: Browser, api: httpx.AsyncClient) -> Watched:
     """The console page, loaded, its map drawn; requests to any other host refused."""
+    watched = await open_page(browser, api, "/")
+    await watched.page.wait_for_selector("body[data-loaded=true]", timeout=20_000)
+    await map_idle(watched.page)
+    return watched
+
+
+async def open_page(browser: Browser, api: httpx.AsyncClient, path: str) -> Watched:
+    """A page of the service, its requests recorded and any to another host refused."""
     service = urlsplit(str(api.base_url)).netloc
     context = await browser.new_context(
         accept_downloads=True, viewport={"width": 1400, "height": 900}
@@ -94,9 +102,7 @@ async def open_console(browser: Browser, api: httpx.AsyncClient) -> Watched:
     )
     page.on("console", lambda m: watched.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: watched.errors.append(str(e)))
-    await page.goto(str(api.base_url) + "/")
-    await page.wait_for_selector("body[data-loaded=true]", timeout=20_000)
-    await map_idle(page)
+    await page.goto(str(api.base_url) + path)
     return watched
 
 
@@ -277,3 +283,32 @@ async def test_lists_work_from_the_keyboard(
         assert set(watched.authorization.values()) == {f"Bearer {other}"}
         watched.assert_clean()
         await page.context.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "operation", "pattern"),
+    [("/docs", ".opblock", "^operations-"), ("/redoc", "[id^='tag/']", "/operation/[^/]+$")],
+)
+async def test_the_api_docs_render_offline(
+    settings: Settings, browser: Browser, path: str, operation: str, pattern: str
+) -> None:
+    """Swagger UI and ReDoc draw every operation of the API from the service's own assets."""
+    async with serve_api(settings) as api:
+        schema = (await api.get("/openapi.json")).json()
+        operations = sum(
+            method in {"get", "put", "post", "delete", "patch"}
+            for route in schema["paths"].values()
+            for method in route
+        )
+        watched = await open_page(browser, api, path)
+        await watched.page.wait_for_selector(operation, timeout=20_000)
+        # Told apart by their ids: ReDoc wraps each operation's section in a second one.
+        drawn = await watched.page.evaluate(
+            "([operation, pattern]) => new Set([...document.querySelectorAll(operation)]"
+            ".map(e => e.id).filter(id => new RegExp(pattern).test(id))).size",
+            [operation, pattern],
+        )
+        assert operations > 10
+        assert drawn == operations
+        watched.assert_clean()
+        await watched.page.context.close()

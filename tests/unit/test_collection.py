@@ -21,6 +21,8 @@ from citytel.collection import (
     reaches_at,
 )
 from citytel.geo import distance_m
+from simulators.city import ContainerModel
+from simulators.fleet import Fleet, generate_fleet
 
 T0 = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
 
@@ -190,6 +192,41 @@ def test_batches_count_as_readings_one_by_one(
         rng.shuffle(batch)
         grouped = advance_cycle(grouped, batch)
     assert grouped == one_by_one
+
+
+_FLEET = Fleet.from_geojson(generate_fleet(seed=11, containers=200, spots=0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    index=st.integers(0, len(_FLEET.containers) - 1),
+    seed=st.integers(0, 10_000),
+    every_min=st.integers(5, 90),
+)
+def test_the_simulated_emptying_patterns_never_give_a_negative_rate(
+    index: int, seed: int, every_min: int
+) -> None:
+    """Three simulated days of a container, emptied by its rounds from any level (glass emptied
+    at 10 % too) under sensor noise: its fill rate is never negative, and after each round it
+    fills again at a positive rate."""
+    rng = random.Random(seed)
+    model = ContainerModel.start(_FLEET.containers[index], T0, rng)
+    cycle, ts = NO_CYCLE, T0
+    while ts < T0 + timedelta(days=3):
+        model.advance(ts, rng)
+        cycle = advance_cycle(cycle, [(ts, model.reading(ts, rng).fill_pct)])
+        rate = fill_rate_pct_h(cycle)
+        assert rate is None or rate >= 0, (ts, cycle)
+        ts += timedelta(minutes=every_min)
+
+
+def test_an_emptying_below_the_drop_threshold_starts_a_cycle() -> None:
+    """First seen at 12 %, emptied at 14 % to 2 %: a new cycle from 2 %, not a fall of 5 %/h."""
+    cycle = advance_cycle(NO_CYCLE, [(T0, 12.0), (T0 + timedelta(hours=2), 14.0)])
+    cycle = advance_cycle(cycle, [(T0 + timedelta(hours=3), 2.0)])
+    assert (cycle.started_at, cycle.start_fill_pct) == (T0 + timedelta(hours=3), 2.0)
+    assert cycle.last_rate_pct_h == pytest.approx(1.0)  # 12 -> 14 % in 2 h
+    assert fill_rate_pct_h(cycle) == pytest.approx(1.0)
 
 
 def test_the_exact_search_covers_its_whole_range() -> None:

@@ -53,7 +53,7 @@ class ContainerPublic(BaseModel):
     last_seen: datetime | None = Field(description="when the sensor was last heard from")
     fill_rate_pct_per_h: float | None = Field(
         description="mean filling rate since it was last emptied (percentage points per hour); "
-        "null until known; slightly negative when it settles or is compacted"
+        "null until known; never negative (a reading below the cycle's start begins a new cycle)"
     )
     predicted_full_at: datetime | None = Field(
         description="when it will be 100 % full at that rate; null when unknown or not filling"
