@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     timescale_retention: str = "400 days"
     # The hourly and daily aggregates outlive the raw readings: a city's reports look back years.
     timescale_aggregate_retention: str = "5 years"
+    # `citytel dead-letters prune` deletes letters last received longer ago than this.
+    dead_letter_retention_days: int = Field(default=30, ge=1, le=36_500)
 
     # Mosquitto's password and ACL files, written by `citytel gateways` (src/citytel/broker.py),
     # and the broker's pid file, to make it reload them (SIGHUP).

@@ -71,6 +71,8 @@ EXPECTED_COLUMNS = {
         "first_received_at",
         "last_received_at",
         "times_received",
+        "payload_bytes",
+        "payload_truncated",
     },
     "schema_migrations": {"version", "name", "checksum", "applied_at"},
     "api_keys": {"id", "name", "scopes", "key_sha256", "created_at", "last_used_at", "revoked_at"},
@@ -125,7 +127,7 @@ def schema(url: str) -> dict[str, set[str]]:
 
 
 PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008"]
-PLAIN += ["0010", "0011", "0012", "0013", "0014", "0015"]
+PLAIN += ["0010", "0011", "0012", "0013", "0014", "0015", "0016"]
 TIMESCALEDB_ONLY = ["0003", "0009"]
 NAMES = {
     "0001": "0001_registry",
@@ -143,6 +145,7 @@ NAMES = {
     "0013": "0013_api_role_keys",
     "0014": "0014_ingest_reads_migrations",
     "0015": "0015_container_changes",
+    "0016": "0016_dead_letter_size",
 }
 
 
