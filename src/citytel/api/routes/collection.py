@@ -6,12 +6,14 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+import asyncpg
+from fastapi import APIRouter, Query, Request
 
 from citytel.api.auth import require
 from citytel.api.deps import PoolDep
+from citytel.api.planning import PlanningGate
 from citytel.api.routes.containers import BBoxQuery, container_public, fill_state, parse_bbox
-from citytel.api.schemas import CollectionRound, CollectionStop, Location
+from citytel.api.schemas import CollectionRound, CollectionStop, Location, Problem
 from citytel.collection import Round, Stop, due_first, plan_round, reaches_at
 from citytel.errors import InvalidQueryError
 from citytel.keys import Scope
@@ -22,8 +24,18 @@ router = APIRouter(
 )
 
 
-@router.get("/round", response_model=CollectionRound)
+@router.get(
+    "/round",
+    response_model=CollectionRound,
+    responses={
+        429: {
+            "model": Problem,
+            "description": "rounds are being planned at capacity: retry after Retry-After seconds",
+        }
+    },
+)
 async def collection_round(
+    request: Request,
     pool: PoolDep,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
     bbox: BBoxQuery = None,
@@ -46,9 +58,25 @@ async def collection_round(
         message += "most urgent container)"
         raise InvalidQueryError(message)
     box = parse_bbox(bbox) if bbox is not None else None
+    start = (start_lat, start_lon) if start_lat is not None and start_lon is not None else None
+    gate: PlanningGate[CollectionRound] = request.app.state.planning
+    key = (zone, box, threshold_pct, within_h, start, max_stops)
+    return await gate.plan(
+        key, lambda: _plan(pool, zone, box, threshold_pct, within_h, start, max_stops)
+    )
+
+
+async def _plan(
+    pool: asyncpg.Pool,
+    zone: str | None,
+    box: queries.BBox | None,
+    threshold_pct: float,
+    within_h: float,
+    start: tuple[float, float] | None,
+    max_stops: int,
+) -> CollectionRound:
     rows, now = await queries.collection_candidates(pool, zone=zone, bbox=box)
     horizon = now + timedelta(hours=within_h)
-    start = (start_lat, start_lon) if start_lat is not None and start_lon is not None else None
 
     def plan() -> tuple[Round, dict[str, datetime], int]:
         due = []
