@@ -189,6 +189,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 await feeding
             if app.state.pool is not None:
                 await app.state.pool.close()
+            app.state.planning.close()
 
     app = FastAPI(
         dependencies=[Depends(refuse_nul)],

@@ -7,18 +7,26 @@ refuses the next with a 429 and ``Retry-After`` rather than queueing it without 
 that waits a second and retries costs nothing meanwhile). Identical requests within
 ``CITYTEL_API_PLANNING_CACHE_S`` get the plan already made, without a slot: a dispatch screen
 polled by many trucks costs one plan per window.
+
+The ordering itself (2-opt on up to 200 stops, the CPU-heavy part) runs in worker processes of
+the gate's own, one per slot: in a thread it would hold the interpreter's lock in turns with
+the event loop, and every light request would wait for it at each turn.
 """
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 from citytel.errors import SaturatedError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Enough for a plan of 200 stops on one core; a client retrying sooner would be refused again.
 RETRY_AFTER_S = 1
@@ -34,6 +42,21 @@ class PlanningGate(Generic[T]):
         self.cache_s = cache_s
         self._busy = 0
         self._cache: dict[Hashable, tuple[float, T]] = {}
+        self._workers: ProcessPoolExecutor | None = None
+
+    async def in_worker(self, work: Callable[..., R], *args: object) -> R:
+        """``work(*args)`` in one of the gate's worker processes (started at first use)."""
+        if self._workers is None:
+            # spawn, not fork: the API process has threads (asyncpg, the plan's filtering).
+            context = multiprocessing.get_context("spawn")
+            self._workers = ProcessPoolExecutor(self.concurrency, mp_context=context)
+        return await asyncio.get_running_loop().run_in_executor(self._workers, work, *args)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._workers is not None:
+            self._workers.shutdown(cancel_futures=True)
+            self._workers = None
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

@@ -62,11 +62,12 @@ async def collection_round(
     gate: PlanningGate[CollectionRound] = request.app.state.planning
     key = (zone, box, threshold_pct, within_h, start, max_stops)
     return await gate.plan(
-        key, lambda: _plan(pool, zone, box, threshold_pct, within_h, start, max_stops)
+        key, lambda: _plan(gate, pool, zone, box, threshold_pct, within_h, start, max_stops)
     )
 
 
 async def _plan(
+    gate: PlanningGate[CollectionRound],
     pool: asyncpg.Pool,
     zone: str | None,
     box: queries.BBox | None,
@@ -78,20 +79,19 @@ async def _plan(
     rows, now = await queries.collection_candidates(pool, zone=zone, bbox=box)
     horizon = now + timedelta(hours=within_h)
 
-    def plan() -> tuple[Round, dict[str, datetime], int]:
+    def select() -> tuple[list[tuple[Stop, datetime]], int]:
         due = []
         for row in rows:
             due_at = reaches_at(fill_state(row), threshold_pct)
             if due_at is not None and due_at <= horizon:
                 due.append((Stop(row["id"], row["lat"], row["lon"]), due_at))
-        selected, left_out = due_first(due, max_stops)
-        planned = plan_round(start, [stop for stop, _ in selected])
-        return planned, {stop.id: due_at for stop, due_at in selected}, left_out
+        return due_first(due, max_stops)
 
-    # Sorting out a city's containers and ordering 200 stops take a few tenths of a second of
-    # CPU: in a thread, the event loop goes on serving meanwhile, though it shares the
-    # interpreter with the planning.
-    planned, due_at_of, left_out = await asyncio.to_thread(plan)
+    # Sorting out a city's containers takes tens of milliseconds: in a thread. Ordering up to
+    # 200 stops takes a few tenths of a second of CPU: in a worker process (api/planning.py).
+    selected, left_out = await asyncio.to_thread(select)
+    planned: Round = await gate.in_worker(plan_round, start, [stop for stop, _ in selected])
+    due_at_of = {stop.id: due_at for stop, due_at in selected}
     by_id = {row["id"]: row for row in rows}
     stops, travelled = [], 0.0
     for order, (stop, leg) in enumerate(zip(planned.stops, planned.legs_m, strict=True), 1):
