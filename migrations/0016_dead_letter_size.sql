@@ -8,5 +8,15 @@ UPDATE dead_letters SET payload_bytes = length(payload);
 UPDATE dead_letters SET payload = substring(payload FROM 1 FOR 65536)
 WHERE length(payload) > 65536;
 ALTER TABLE dead_letters ALTER COLUMN payload_bytes SET NOT NULL;
+
+-- A writer that does not give the size (an operator's own INSERT) stores a whole payload.
+CREATE FUNCTION dead_letter_size() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.payload_bytes := coalesce(NEW.payload_bytes, length(NEW.payload));
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER dead_letter_size BEFORE INSERT ON dead_letters
+    FOR EACH ROW EXECUTE FUNCTION dead_letter_size();
 ALTER TABLE dead_letters ADD COLUMN payload_truncated boolean
     GENERATED ALWAYS AS (length(payload) < payload_bytes) STORED;
