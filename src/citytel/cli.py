@@ -317,8 +317,8 @@ def _key_table(keys: list[ApiKey]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _demo_key(settings: Settings) -> str:
-    """A new admin key for this demo run, named after the time it started."""
+def _demo_key(settings: Settings) -> tuple[str, str]:
+    """A new admin key for this demo run, named after the time it started: (name, key)."""
     from datetime import UTC, datetime
 
     from citytel.keys import Scope, generate_key, hash_key
@@ -336,7 +336,7 @@ def _demo_key(settings: Settings) -> str:
             await pool.close()
 
     _run(main())
-    return key
+    return name, key
 
 
 def _demo_environment() -> tuple[dict[str, str], bool]:
@@ -385,7 +385,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     _migrate(settings, args)
     log.info("step 2 of 3: importing the demo fleet %s", settings.fleet_file)
     _fleet_import(settings, argparse.Namespace(file=settings.fleet_file))
-    key = _demo_key(settings)
+    key_name, key = _demo_key(settings)
     log.info("step 3 of 3: starting ingest, the API and the simulator")
     env, own_session = _demo_environment()
     me = [sys.executable, "-m", "citytel"]
@@ -401,7 +401,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     sys.stdout.write(
         "\ncitytel demo is running (Ctrl-C stops it).\n"
         f"An API key with every scope was created for it (revoke it with "
-        f"`citytel keys revoke demo-...`, see `citytel keys list`):\n  {key}\n\n"
+        f"`citytel keys revoke {key_name}`):\n  {key}\n\n"
         f"  console         {base}/  (paste the key)\n"
         f"  API docs        {base}/docs  (Authorize: paste the key)\n"
         f"  fullest bins    curl {auth} '{base}/v1/containers?min_fill_pct=80'\n"

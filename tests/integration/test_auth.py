@@ -21,7 +21,7 @@ from citytel.formats.native import WastePayload, encode_native
 from citytel.formats.topics import native_topic
 from citytel.keys import Scope
 from citytel.storage.migrate import NOT_MIGRATED
-from tests.integration.conftest import Fleet, create_key, serve_api
+from tests.integration.conftest import Fleet, create_key, feature, serve_api
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +66,23 @@ EXAMPLES: dict[tuple[str, str], Call] = {
     ("GET", "/v1/keys"): Call("/v1/keys"),
     ("POST", "/v1/keys"): Call("/v1/keys", json={"name": "made", "scopes": ["parking:read"]}),
     ("POST", "/v1/keys/{name}/revoke"): Call("/v1/keys/victim/revoke"),
+    ("POST", "/v1/fleet"): Call(
+        "/v1/fleet", json={"type": "FeatureCollection", "features": []}, params={"dry_run": True}
+    ),
+    ("PUT", "/v1/containers/{container_id}"): Call(
+        "/v1/containers/T-WC-900",
+        json=feature("waste_container", "-", -7.6, 33.57, "anfa", capacity_l=240, depth_mm=900),
+    ),
+    ("PUT", "/v1/parking/spots/{spot_id}"): Call(
+        "/v1/parking/spots/T-PS-900", json=feature("parking_spot", "-", -7.59, 33.57, "anfa")
+    ),
+    # The last of each kind: no other example reads them.
+    ("DELETE", "/v1/containers/{container_id}"): Call("/v1/containers/T-WC-019"),
+    ("DELETE", "/v1/parking/spots/{spot_id}"): Call("/v1/parking/spots/T-PS-039"),
+    ("GET", "/v1/gateways"): Call("/v1/gateways"),
+    ("POST", "/v1/gateways"): Call("/v1/gateways", json={"id": "gw-example"}),
+    ("POST", "/v1/gateways/{gateway_id}/disable"): Call("/v1/gateways/default/disable"),
+    ("GET", "/v1/audit"): Call("/v1/audit"),
 }
 
 

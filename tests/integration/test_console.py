@@ -23,7 +23,8 @@ import pytest
 from playwright.async_api import Browser, Page, Request, Route, async_playwright
 
 from citytel.config import Settings
-from tests.integration.conftest import Fleet, serve_api, wait_until
+from citytel.keys import Scope
+from tests.integration.conftest import Fleet, create_key, serve_api, wait_until
 from tests.integration.test_events import fill, parked, publish, push_settings
 
 pytestmark = pytest.mark.integration
@@ -84,6 +85,13 @@ async def open_console(browser: Browser, api: httpx.AsyncClient) -> Watched:
             await route.abort()
 
     await page.route("**/*", only_the_service)
+    # The key the API client sends, as an operator pastes it (kept for the session, and left
+    # alone when the page sets another).
+    key = api.headers.get("authorization", "").removeprefix("Bearer ")
+    await page.add_init_script(
+        f"if (!sessionStorage.getItem('citytel.apiKey')) "
+        f"sessionStorage.setItem('citytel.apiKey', {json.dumps(key)});"
+    )
     page.on("console", lambda m: watched.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: watched.errors.append(str(e)))
     await page.goto(str(api.base_url) + "/")
@@ -254,16 +262,18 @@ async def test_lists_work_from_the_keyboard(
         await page.wait_for_selector(f"#panel[data-id='{second}']")
         assert await page.get_attribute("#panel", "data-readings") == "2"
         assert await page.locator("#panel svg polyline").count() == 1
-        assert set(watched.authorization.values()) == {""}
+        first = api.headers["authorization"]
+        assert set(watched.authorization.values()) == {first}
 
         # A pasted key is sent with every API call, the event stream included.
-        await page.fill("#api-key", "k-123")
+        other = await create_key(settings.database_url.get_secret_value(), Scope.ADMIN)
+        await page.fill("#api-key", other)
         watched.authorization.clear()
         async with page.expect_navigation():
             await page.press("#api-key", "Enter")
         await page.wait_for_selector("body[data-loaded=true]", timeout=20_000)
         await wait_until(lambda: streaming(page), within=20)
         assert any("/v1/events" in url for url in watched.authorization)
-        assert set(watched.authorization.values()) == {"Bearer k-123"}
+        assert set(watched.authorization.values()) == {f"Bearer {other}"}
         watched.assert_clean()
         await page.context.close()

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from citytel.api.app import create_app
 from citytel.api.events import ChangeFeed
 from citytel.config import Settings
+from citytel.domain import DEFAULT_GATEWAY
 from tests.integration.conftest import Fleet, publish_raw, serve_api, wait_until
 
 pytestmark = pytest.mark.integration
@@ -109,13 +110,15 @@ async def feed_ready(api: httpx.AsyncClient, app: FastAPI) -> ChangeFeed:
 def fill(settings: Settings, container: str, fill_pct: float) -> tuple[str, bytes]:
     ts = START + timedelta(seconds=next(_tick))
     body = {"ts": ts.isoformat(), "fill_pct": fill_pct}
-    return f"{settings.mqtt_topic_root}/gw-01/waste/{container}", json.dumps(body).encode()
+    return f"{settings.mqtt_topic_root}/{DEFAULT_GATEWAY}/waste/{container}", json.dumps(
+        body
+    ).encode()
 
 
 def parked(settings: Settings, spot: str, *, occupied: bool) -> tuple[str, bytes]:
     ts = START + timedelta(seconds=next(_tick))
     body = {"ts": ts.isoformat(), "occupied": occupied}
-    return f"{settings.mqtt_topic_root}/gw-01/parking/{spot}", json.dumps(body).encode()
+    return f"{settings.mqtt_topic_root}/{DEFAULT_GATEWAY}/parking/{spot}", json.dumps(body).encode()
 
 
 async def publish(settings: Settings, *messages: tuple[str, bytes]) -> None:

@@ -159,6 +159,10 @@ MALFORMED: dict[str, tuple[Callable[[dict[str, Any]], None], list[str]]] = {
         _props(4, kind="bench"),
         ["feature 4 (PS-2)", "properties.kind is 'bench'", "'waste_container' or 'parking_spot'"],
     ),
+    "NUL in a name": (
+        _props(2, zone="maa\x00rif"),
+        ["feature 2:", "NUL character"],
+    ),
     "bad id": (
         _props(0, id="no spaces allowed"),
         ["feature 0:", "properties.id 'no spaces allowed'", "letters"],

@@ -23,6 +23,7 @@ from simulators.fleet import Fleet as SimFleet
 from simulators.stream import ground_truth
 from tests.integration.conftest import (
     assert_stored_exactly,
+    feature,
     publish_raw,
     publish_stream,
     serve_api,
@@ -89,10 +90,35 @@ async def test_the_api_role_cannot_write_readings(api_conn: asyncpg.Connection) 
         " VALUES ('x', now(), true, now())",
         "UPDATE container_latest SET fill_pct = 100",
         "DELETE FROM waste_readings",
-        "UPDATE containers SET zone = 'x'",
+        # The audit table is append-only for the API.
+        "UPDATE audit SET actor = 'x'",
+        "DELETE FROM audit",
     ):
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await api_conn.execute(statement)
+
+
+async def test_provisioning_works_under_the_api_role(settings: Settings, roles: Roles) -> None:
+    """Every provisioning route, and its audit row, works with the API role's grants."""
+    api_settings = settings.model_copy(update={"database_url": SecretStr(roles.api_url)})
+    container = feature("waste_container", "-", -7.6, 33.57, "anfa", capacity_l=240, depth_mm=900)
+    container["properties"].update(gateway="gw-role", device_model="dragino-ldds75")
+    container["properties"]["dev_eui"] = "A84041000181C2D1"
+    spot = feature("parking_spot", "R-2", -7.59, 33.57, "anfa")
+    async with serve_api(api_settings) as client:
+        calls = [
+            await client.post("/v1/gateways", json={"id": "gw-role"}),
+            await client.put("/v1/containers/R-1", json=container),
+            await client.post("/v1/fleet", json={"type": "FeatureCollection", "features": [spot]}),
+            await client.delete("/v1/parking/spots/R-2"),
+            await client.delete("/v1/containers/R-1"),
+            await client.post("/v1/gateways/gw-role/disable"),
+        ]
+        assert [c.status_code for c in calls] == [201, 200, 200, 204, 204, 200], [
+            c.text for c in calls
+        ]
+        audited = (await client.get("/v1/audit")).json()["items"]
+    assert len(audited) == len(calls)
 
 
 async def test_the_ingest_role_reads_only_what_it_is_granted(

@@ -32,6 +32,7 @@ from citytel.api.routes import (
     health,
     keys,
     parking,
+    provisioning,
     zones,
 )
 from citytel.api.routes.console import mount_console
@@ -238,6 +239,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(devices.router)
     app.include_router(dead_letters.router)
     app.include_router(keys.router)
+    app.include_router(provisioning.router)
     _serve_docs(app)
     app.include_router(events.router)
     mount_console(app)

@@ -109,6 +109,10 @@ class LiveSpots:
             self.changed.notify()
         return True
 
+    def resync_soon(self) -> None:
+        """Make the next refresh read every spot, forgetting those removed from the registry."""
+        self._resynced_at = float("-inf")
+
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh until ``stop`` is set; a failed read is logged once, then retried."""
         await keep_refreshing(self.refresh, stop, self._refresh_s, "live parking view")

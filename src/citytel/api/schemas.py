@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -359,3 +359,81 @@ class ApiKeyCreated(ApiKeyPublic):
     """A new key, with the key itself: shown this once, stored only as a hash."""
 
     key: str
+
+
+class FleetReport(BaseModel):
+    """What a fleet upload changed (or, in a dry run, would change), by device id."""
+
+    containers: int = Field(description="containers in the upload")
+    spots: int = Field(description="parking spots in the upload")
+    added: list[str]
+    moved: list[str]
+    changed: list[str] = Field(description="zone, size, category or gateway changed")
+    rebound: list[str] = Field(description="bound to another sensor")
+    unchanged: int
+    not_in_file: int = Field(description="registered devices the upload does not list (kept)")
+    dry_run: bool
+
+
+class DeviceProvisioned(BaseModel):
+    """A container or spot after a create or update through the API."""
+
+    created: bool
+    device: dict[str, Any] = Field(description="its registry entry, with its sensor")
+
+
+class AuditEntryPublic(BaseModel):
+    """One change to the registry: who made it (an API key's name), what, before and after."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str = Field(examples=["container.update", "fleet.upload", "gateway.add"])
+    object_kind: str
+    object_id: str | None
+    before: Any
+    after: Any
+
+
+class AuditPage(BaseModel):
+    """A page of the audit table, newest first."""
+
+    items: list[AuditEntryPublic]
+    limit: int
+    offset: int
+
+
+class GatewayCreate(BaseModel):
+    """A gateway to register."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["gw-0007"])
+    name: str = Field(default="", max_length=200, pattern=r"^[^\x00]*$")
+    lorawan_application: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[^\x00]*$"
+    )
+
+
+class GatewayPublic(BaseModel):
+    """A gateway as listed: never its password."""
+
+    id: str
+    name: str
+    enabled: bool
+    lorawan_application: str | None
+    credential_version: int
+    has_password: bool
+    devices: int
+    created_at: datetime
+    last_seen_at: datetime | None
+    broker_updated: bool | None = Field(
+        default=None,
+        description="after a change: whether the broker's files were rewritten and reloaded",
+    )
+
+
+class GatewayCreated(GatewayPublic):
+    """A new gateway and its broker password, shown this once."""
+
+    password: str

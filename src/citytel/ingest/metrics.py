@@ -32,7 +32,7 @@ _COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class ConsumerCounters(Protocol):
-    """What the metrics read from the MQTT client (:class:`~citytel.ingest.mqtt.MqttConsumer`)."""
+    """What the metrics read from an ingest source (the MQTT client or the JetStream consumer)."""
 
     messages_received: int
     sessions_lost: int

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Protocol
 
 from citytel.config import Settings
 from citytel.ingest.jetstream import DeadLetterSink, JetStreamConsumer
+from citytel.ingest.metrics import ConsumerCounters
 from citytel.ingest.mqtt import InboundMessage, Inbox, MqttConsumer
 
 
-class Source(Protocol):
+class Source(ConsumerCounters, Protocol):
     """What the pipeline needs of a source: batches in, acknowledgements after commit, and
-    the counters that logs and metrics read."""
-
-    messages_received: int
-    sessions_lost: int
-    reconnects: Counter[str]
-
-    @property
-    def inbox_depth(self) -> int: ...
-
-    @property
-    def in_flight_unacked(self) -> int: ...
-
-    @property
-    def connected(self) -> bool: ...
-
-    @property
-    def subscribed_all(self) -> bool: ...
+    the counters that logs and metrics read (:class:`ConsumerCounters`)."""
 
     @property
     def inbox(self) -> Inbox:

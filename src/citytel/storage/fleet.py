@@ -12,7 +12,7 @@ import codecs
 import json
 import math
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,11 +286,27 @@ def _sensor(where: str, props: dict[str, Any], models: Collection[str] | None) -
     return Sensor(model, eui.upper() if eui else None, device)
 
 
+def _has_nul(value: Any) -> bool:
+    # PostgreSQL text cannot hold NUL: refused here rather than failing in the database.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _device(
     index: int, raw: Any, models: Collection[str] | None, area: ServiceArea | None
 ) -> Device:
     if not isinstance(raw, dict) or raw.get("type") != "Feature":
         message = f'feature {index}: not a GeoJSON Feature (it needs "type": "Feature")'
+        raise _Refusal(message)
+    if _has_nul(raw):
+        message = (
+            f"feature {index}: contains a NUL character (\\u0000), which no id or name can hold"
+        )
         raise _Refusal(message)
     props = raw.get("properties")
     props = props if isinstance(props, dict) else {}
@@ -465,17 +481,37 @@ async def import_fleet(
     """
     devices = await read_fleet(path, models=models, area=area)
     async with connection(pool) as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            result = await _import(conn, devices, dry_run=dry_run)
-        except BaseException:
-            await transaction.rollback()
-            raise
-        if dry_run:
-            await transaction.rollback()
-        else:
-            await transaction.commit()
+        return await import_devices(conn, devices, dry_run=dry_run)
+
+
+async def import_devices(
+    conn: Connection,
+    devices: list[Device],
+    *,
+    dry_run: bool = False,
+    then: Callable[[FleetImport], Awaitable[None]] | None = None,
+) -> FleetImport:
+    """Upsert checked devices in one transaction on ``conn``; ``then`` runs inside it.
+
+    With ``dry_run`` the same work is done and rolled back. ``then`` (an audit record, say)
+    sees the result before the commit: if it fails, nothing is written.
+
+    Raises:
+        ConfigurationError: a device names an unknown gateway or takes another's sensor.
+    """
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        result = await _import(conn, devices, dry_run=dry_run)
+        if then is not None:
+            await then(result)
+    except BaseException:
+        await transaction.rollback()
+        raise
+    if dry_run:
+        await transaction.rollback()
+    else:
+        await transaction.commit()
     return result
 
 
