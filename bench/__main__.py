@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-query",
         action="append",
-        choices=["parking", "containers"],
-        help="with the api scenario, only these endpoints (repeatable; default both)",
+        choices=["parking", "containers", "rounds"],
+        help="with the api scenario, only these endpoints (repeatable; default parking and "
+        "containers); rounds: free-spot searches while 8 clients loop on collection rounds",
     )
     parser.add_argument(
         "--push-clients", type=int, help="push: SSE subscribers (default 1000, quick 100)"

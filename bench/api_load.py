@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import re
@@ -27,6 +28,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -298,6 +300,60 @@ def _sample(base: str, path: str, key: str) -> dict[str, Any]:
     return {"status": response.status, "items": len(items), "total": body.get("total")}
 
 
+# The bound off and no cache: the API as it was before CITYTEL_API_PLANNING_CONCURRENCY.
+_UNBOUNDED = {"api_planning_concurrency": "64", "api_planning_cache_s": "0"}
+
+
+def light_beside_heavy(
+    services: Services,
+    parking: list[str],
+    key: str,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    planners: int = 8,
+) -> dict[str, Any]:
+    """Free-spot searches alone, then while ``planners`` clients loop on collection rounds.
+
+    Every round asks for a different threshold, so no answer comes from the plan cache: the
+    worst case for the bound. Refused rounds (429) count as the rounds' errors.
+    """
+    rounds = [
+        f"/v1/collection/round?{urlencode({'threshold_pct': 50 + i / 10})}" for i in range(400)
+    ]
+    result: dict[str, Any] = {"planners": planners}
+    for name, planning in (("bounded", None), ("unbounded", _UNBOUNDED)):
+        work = services.workdir / f"rounds-{name}"
+        (work / "light").mkdir(parents=True, exist_ok=True)
+        (work / "heavy").mkdir(exist_ok=True)
+        with citytel_api(services, key=key, planning=planning) as base:
+            load = functools.partial(http_load, base, warmup=warmup, work=work / "light", key=key)
+            alone = load(parking, concurrency=concurrency, duration=duration)
+            with ThreadPoolExecutor(1) as background:
+                heavy = background.submit(
+                    http_load,
+                    base,
+                    rounds,
+                    concurrency=planners,
+                    warmup=warmup,
+                    duration=duration + warmup + 2,
+                    work=work / "heavy",
+                    key=key,
+                )
+                time.sleep(warmup)
+                loaded = load(parking, concurrency=concurrency, duration=duration)
+                planned = heavy.result()
+        result[name] = {
+            "free_spots_alone": alone,
+            "free_spots_beside_rounds": loaded,
+            "rounds": planned,
+            "ratio_p99_beside_rounds_vs_alone": round(loaded["p99_ms"] / alone["p99_ms"], 2),
+            "ratio_rps_beside_rounds_vs_alone": round(loaded["rps"] / alone["rps"], 3),
+        }
+    return result
+
+
 def run(
     services: Services,
     fleet: dict[str, Any],
@@ -320,7 +376,16 @@ def run(
         "duration_s": duration,
         "db_pool": pool_size,
     }
-    for query in queries:
+    if "rounds" in queries:
+        result["free_spots_beside_rounds"] = light_beside_heavy(
+            services,
+            _paths("parking", sets["parking"]),
+            key,
+            concurrency=concurrency,
+            duration=duration,
+            warmup=warmup,
+        )
+    for query in (q for q in queries if q != "rounds"):
         paths = _paths(query, sets[query])
         entry: dict[str, Any] = {}
         variants: list[tuple[str, int, bool, str | None]] = [

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -233,6 +234,23 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
                 log.info("revoked key %r", revoked.name)
             else:
                 sys.stdout.write(_key_table(await api_keys.list_keys(pool)))
+        finally:
+            await pool.close()
+
+    _run(main())
+    return 0
+
+
+def _dead_letters(settings: Settings, _args: argparse.Namespace) -> int:
+    from citytel.storage.dead_letters import prune_dead_letters
+    from citytel.storage.pool import create_pool
+
+    async def main() -> None:
+        pool = await create_pool(settings)
+        try:
+            days = settings.dead_letter_retention_days
+            pruned = await prune_dead_letters(pool, timedelta(days=days))
+            log.info("pruned %d dead letter(s) last received over %d days ago", pruned, days)
         finally:
             await pool.close()
 
@@ -555,6 +573,19 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_commands.add_parser("revoke", help="revoke a key by name, at once")
     revoke.add_argument("name")
 
+    dead_letters = _command(
+        commands,
+        "dead-letters",
+        "dead letters: prune the old ones",
+        "Run it daily (cron, a systemd timer): letters last received longer ago than the "
+        "retention are deleted.",
+        ("database_url", "dead_letter_retention_days", "log_level"),
+    )
+    dead_letter_commands = dead_letters.add_subparsers(
+        dest="dead_letters_command", required=True, metavar="ACTION"
+    )
+    dead_letter_commands.add_parser("prune", help="delete letters older than the retention")
+
     gateways = commands.add_parser("gateways", help="gateways and their broker credentials")
     gateway_commands = gateways.add_subparsers(
         dest="gateways_command", required=True, metavar="ACTION"
@@ -640,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return _keys(settings, args)
+        if args.command == "dead-letters":
+            return _dead_letters(settings, args)
         if args.command == "gateways":
             return _gateways(settings, args)
         if args.command == "fleet":

@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(default=1.0, ge=0, le=5)
     api_key_touch_s: float = Field(default=60.0, ge=0)
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Collection rounds planned at once per API process (more get a 429), and how long an
+    # identical request is answered with the plan already made (src/citytel/api/planning.py).
+    api_planning_concurrency: int = Field(default=1, ge=1, le=64)
+    api_planning_cache_s: float = Field(default=5.0, ge=0, le=300)
     # Changes pushed over Server-Sent Events (src/citytel/api/events.py).
     api_events: bool = True
     api_events_refresh_ms: int = Field(default=500, ge=10)
@@ -156,6 +160,8 @@ class Settings(BaseSettings):
     timescale_retention: str = "400 days"
     # The hourly and daily aggregates outlive the raw readings: a city's reports look back years.
     timescale_aggregate_retention: str = "5 years"
+    # `citytel dead-letters prune` deletes letters last received longer ago than this.
+    dead_letter_retention_days: int = Field(default=30, ge=1, le=36_500)
 
     # Mosquitto's password and ACL files, written by `citytel gateways` (src/citytel/broker.py),
     # and the broker's pid file, to make it reload them (SIGHUP).

@@ -74,6 +74,14 @@ class ConflictError(CitytelError):
     """A request that would duplicate something that must be unique, such as a key's name."""
 
 
+class SaturatedError(CitytelError):
+    """Expensive work already at its bound in this process (HTTP 429 with ``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotAuthenticatedError(CitytelError):
     """No API key, or one that is unknown or revoked (HTTP 401)."""
 

@@ -71,6 +71,8 @@ EXPECTED_COLUMNS = {
         "first_received_at",
         "last_received_at",
         "times_received",
+        "payload_bytes",
+        "payload_truncated",
     },
     "schema_migrations": {"version", "name", "checksum", "applied_at"},
     "audit": {"id", "at", "actor", "action", "object_kind", "object_id", "before", "after"},
@@ -126,7 +128,7 @@ def schema(url: str) -> dict[str, set[str]]:
 
 
 PLAIN = ["0001", "0002", "0004", "0005", "0006", "0007", "0008"]
-PLAIN += ["0010", "0011", "0012", "0013", "0014", "0015", "0017"]
+PLAIN += ["0010", "0011", "0012", "0013", "0014", "0015", "0016", "0017"]
 TIMESCALEDB_ONLY = ["0003", "0009"]
 NAMES = {
     "0001": "0001_registry",
@@ -144,6 +146,7 @@ NAMES = {
     "0013": "0013_api_role_keys",
     "0014": "0014_ingest_reads_migrations",
     "0015": "0015_container_changes",
+    "0016": "0016_dead_letter_size",
     "0017": "0017_audit",
 }
 

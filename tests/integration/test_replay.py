@@ -103,6 +103,7 @@ async def test_readings_before_registration_are_replayed_after_it(
         "still_dead": 0,
         "readings_stored": 3,
         "still_dead_by_reason": {},
+        "truncated": 0,
     }
     remaining = (await api.get("/v1/dead-letters")).json()
     assert [item["reason"] for item in remaining["items"]] == ["invalid_json"]

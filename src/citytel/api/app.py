@@ -22,6 +22,7 @@ from citytel.api.events import ChangeFeed, EventHub
 from citytel.api.limits import BodyLimit
 from citytel.api.live_spots import LiveSpots
 from citytel.api.metrics import ApiMetrics
+from citytel.api.planning import PlanningGate
 from citytel.api.routes import (
     collection,
     containers,
@@ -35,7 +36,7 @@ from citytel.api.routes import (
     zones,
 )
 from citytel.api.routes.console import mount_console
-from citytel.api.schemas import Problem
+from citytel.api.schemas import CollectionRound, Problem
 from citytel.config import Settings, get_settings
 from citytel.errors import (
     ConflictError,
@@ -43,6 +44,7 @@ from citytel.errors import (
     MissingScopeError,
     NotAuthenticatedError,
     NotFoundError,
+    SaturatedError,
     StorageError,
     TransientStorageError,
 )
@@ -94,6 +96,12 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
     if isinstance(exc, InvalidQueryError):
         return JSONResponse(status_code=422, content={"detail": str(exc)})
+    if isinstance(exc, SaturatedError):
+        return JSONResponse(
+            status_code=429,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
     if isinstance(exc, TransientStorageError):
         log.warning("database unavailable: %s", exc)
         return JSONResponse(
@@ -182,6 +190,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 await feeding
             if app.state.pool is not None:
                 await app.state.pool.close()
+            app.state.planning.close()
 
     app = FastAPI(
         dependencies=[Depends(refuse_nul)],
@@ -201,6 +210,9 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.readiness_problems = {}
     app.state.decoders = Decoders.from_settings(settings)
     app.state.key_checker = KeyChecker(settings)
+    app.state.planning = PlanningGate[CollectionRound](
+        settings.api_planning_concurrency, settings.api_planning_cache_s
+    )
     app.state.live_spots = (
         LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
     )
@@ -215,6 +227,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.add_exception_handler(InvalidQueryError, _domain_error)
     app.add_exception_handler(StorageError, _domain_error)
     app.add_exception_handler(ConflictError, _domain_error)
+    app.add_exception_handler(SaturatedError, _domain_error)
     app.add_exception_handler(NotAuthenticatedError, _domain_error)
     app.add_exception_handler(MissingScopeError, _domain_error)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)

@@ -235,9 +235,12 @@ class DeadLetterPublic(BaseModel):
     topic: str
     reason: str
     detail: str = Field(description="what is wrong, in a sentence")
-    payload_base64: str
+    payload_base64: str = Field(description="the payload, or its first 64 KiB when truncated")
     payload_text: str | None = Field(description="the payload, when it is UTF-8 text")
-    payload_bytes: int
+    payload_bytes: int = Field(description="the whole payload's size")
+    payload_truncated: bool = Field(
+        description="only the first 64 KiB was kept: the letter cannot be replayed"
+    )
     first_received_at: datetime
     last_received_at: datetime
     times_received: int
@@ -275,6 +278,9 @@ class ReplayResult(BaseModel):
     still_dead: int
     readings_stored: int
     still_dead_by_reason: dict[str, int]
+    truncated: int = Field(
+        description="letters not run because only their first 64 KiB was kept (they stay)"
+    )
 
 
 class CollectionStop(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -21,8 +21,8 @@ WHERE ($1::text IS NULL OR reason = $1)
 """
 
 LIST = f"""
-SELECT id, topic, payload, reason, detail, first_received_at, last_received_at, times_received,
-       count(*) OVER () AS total
+SELECT id, topic, payload, payload_bytes, payload_truncated, reason, detail, first_received_at,
+       last_received_at, times_received, count(*) OVER () AS total
 FROM dead_letters {_FILTER}
 ORDER BY last_received_at DESC, id DESC
 LIMIT $5 OFFSET $6
@@ -30,7 +30,7 @@ LIMIT $5 OFFSET $6
 
 # Locked for the replay's transaction: two replays of the same letters cannot both store them.
 FOR_REPLAY = f"""
-SELECT id, topic, payload, first_received_at
+SELECT id, topic, payload, payload_truncated, first_received_at
 FROM dead_letters {_FILTER}
 ORDER BY id
 LIMIT $5
@@ -38,6 +38,8 @@ FOR UPDATE SKIP LOCKED
 """  # noqa: S608
 
 DELETE = "DELETE FROM dead_letters WHERE id = ANY($1::bigint[])"
+
+PRUNE = "DELETE FROM dead_letters WHERE last_received_at < now() - $1::interval"
 
 # The API's role (citytel_api, migrations/0012_roles.sql) cannot write readings: a replay takes
 # the ingest role's privileges for the storing part of its transaction, and only that part.
@@ -77,6 +79,7 @@ class ReplayOutcome:
     replayed: int
     resolved: int
     outcome: BatchOutcome
+    truncated: int = 0
 
 
 Decode = Callable[[Sequence[Letter]], Awaitable[tuple[list[DecodedMessage], list[DeadLetter]]]]
@@ -116,8 +119,12 @@ async def replay_dead_letters(
     """
     async with connection(pool) as conn, conn.transaction():
         rows = await conn.fetch(FOR_REPLAY, *where.args(), limit)
+        # A truncated letter's message is gone: decoding its first 64 KiB would store garbage
+        # or a misleading reason, so it is not run and stays as it is.
         letters = [
-            Letter(r["id"], r["topic"], bytes(r["payload"]), r["first_received_at"]) for r in rows
+            Letter(r["id"], r["topic"], bytes(r["payload"]), r["first_received_at"])
+            for r in rows
+            if not r["payload_truncated"]
         ]
         decoded, dead = await decode(letters)
         borrow = await conn.fetchval(MUST_BORROW_INGEST)
@@ -129,4 +136,16 @@ async def replay_dead_letters(
         still_dead = {(d.topic, d.payload) for d in outcome.dead}
         resolved = [x.id for x in letters if (x.topic, x.payload) not in still_dead]
         await conn.execute(DELETE, resolved)
-    return ReplayOutcome(replayed=len(letters), resolved=len(resolved), outcome=outcome)
+    return ReplayOutcome(
+        replayed=len(rows),
+        resolved=len(resolved),
+        outcome=outcome,
+        truncated=len(rows) - len(letters),
+    )
+
+
+async def prune_dead_letters(pool: asyncpg.Pool, older_than: timedelta) -> int:
+    """Delete the dead letters last received more than ``older_than`` ago; how many went."""
+    async with connection(pool) as conn:
+        status = await conn.execute(PRUNE, older_than)
+    return int(status.rsplit(" ", 1)[1])

@@ -168,11 +168,13 @@ WHERE s.dev_eui = ANY($1::text[]) OR s.network_device_id = ANY($2::text[])
 
 STORE_DEAD_LETTERS = """
 INSERT INTO dead_letters AS cur
-    (topic, payload, payload_sha256, reason, detail, first_received_at, last_received_at,
-     times_received)
-SELECT topic, payload, sha256(payload), reason, detail, received_at, received_at, times
-FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[], $6::integer[])
-    AS d(topic, payload, reason, detail, received_at, times)
+    (topic, payload, payload_sha256, payload_bytes, reason, detail, first_received_at,
+     last_received_at, times_received)
+SELECT topic, payload, payload_sha256, payload_bytes, reason, detail, received_at, received_at,
+       times
+FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[], $6::text[],
+            $7::timestamptz[], $8::integer[])
+    AS d(topic, payload, payload_sha256, payload_bytes, reason, detail, received_at, times)
 ON CONFLICT (topic, payload_sha256) DO UPDATE SET
     times_received = cur.times_received + EXCLUDED.times_received,
     last_received_at = greatest(cur.last_received_at, EXCLUDED.last_received_at),

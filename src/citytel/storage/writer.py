@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from citytel.domain import (
 )
 from citytel.storage import sql
 from citytel.storage.pool import Connection, connection
+
+# How much of a dead letter's payload is kept (migrations/0016_dead_letter_size.sql).
+KEPT_PAYLOAD_BYTES = 64 * 1024
 
 
 @dataclass
@@ -203,7 +207,11 @@ async def _store_dead_letters(
     await conn.execute(
         sql.STORE_DEAD_LETTERS,
         [d.topic for d in letters],
-        [d.payload for d in letters],
+        # The first 64 KiB only: what a person needs to see what went wrong, without letting
+        # oversized messages fill the store; the hash and size are the whole payload's.
+        [d.payload[:KEPT_PAYLOAD_BYTES] for d in letters],
+        [hashlib.sha256(d.payload).digest() for d in letters],
+        [len(d.payload) for d in letters],
         [d.reason for d in letters],
         # PostgreSQL text cannot hold NUL, and a detail may quote what a sender put in.
         [d.detail.replace("\x00", "\\x00") for d in letters],

@@ -6,12 +6,14 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+import asyncpg
+from fastapi import APIRouter, Query, Request
 
 from citytel.api.auth import require
 from citytel.api.deps import PoolDep
+from citytel.api.planning import PlanningGate
 from citytel.api.routes.containers import BBoxQuery, container_public, fill_state, parse_bbox
-from citytel.api.schemas import CollectionRound, CollectionStop, Location
+from citytel.api.schemas import CollectionRound, CollectionStop, Location, Problem
 from citytel.collection import Round, Stop, due_first, plan_round, reaches_at
 from citytel.errors import InvalidQueryError
 from citytel.keys import Scope
@@ -22,8 +24,18 @@ router = APIRouter(
 )
 
 
-@router.get("/round", response_model=CollectionRound)
+@router.get(
+    "/round",
+    response_model=CollectionRound,
+    responses={
+        429: {
+            "model": Problem,
+            "description": "rounds are being planned at capacity: retry after Retry-After seconds",
+        }
+    },
+)
 async def collection_round(
+    request: Request,
     pool: PoolDep,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
     bbox: BBoxQuery = None,
@@ -46,24 +58,40 @@ async def collection_round(
         message += "most urgent container)"
         raise InvalidQueryError(message)
     box = parse_bbox(bbox) if bbox is not None else None
+    start = (start_lat, start_lon) if start_lat is not None and start_lon is not None else None
+    gate: PlanningGate[CollectionRound] = request.app.state.planning
+    key = (zone, box, threshold_pct, within_h, start, max_stops)
+    return await gate.plan(
+        key, lambda: _plan(gate, pool, zone, box, threshold_pct, within_h, start, max_stops)
+    )
+
+
+async def _plan(
+    gate: PlanningGate[CollectionRound],
+    pool: asyncpg.Pool,
+    zone: str | None,
+    box: queries.BBox | None,
+    threshold_pct: float,
+    within_h: float,
+    start: tuple[float, float] | None,
+    max_stops: int,
+) -> CollectionRound:
     rows, now = await queries.collection_candidates(pool, zone=zone, bbox=box)
     horizon = now + timedelta(hours=within_h)
-    start = (start_lat, start_lon) if start_lat is not None and start_lon is not None else None
 
-    def plan() -> tuple[Round, dict[str, datetime], int]:
+    def select() -> tuple[list[tuple[Stop, datetime]], int]:
         due = []
         for row in rows:
             due_at = reaches_at(fill_state(row), threshold_pct)
             if due_at is not None and due_at <= horizon:
                 due.append((Stop(row["id"], row["lat"], row["lon"]), due_at))
-        selected, left_out = due_first(due, max_stops)
-        planned = plan_round(start, [stop for stop, _ in selected])
-        return planned, {stop.id: due_at for stop, due_at in selected}, left_out
+        return due_first(due, max_stops)
 
-    # Sorting out a city's containers and ordering 200 stops take a few tenths of a second of
-    # CPU: in a thread, the event loop goes on serving meanwhile, though it shares the
-    # interpreter with the planning.
-    planned, due_at_of, left_out = await asyncio.to_thread(plan)
+    # Sorting out a city's containers takes tens of milliseconds: in a thread. Ordering up to
+    # 200 stops takes a few tenths of a second of CPU: in a worker process (api/planning.py).
+    selected, left_out = await asyncio.to_thread(select)
+    planned: Round = await gate.in_worker(plan_round, start, [stop for stop, _ in selected])
+    due_at_of = {stop.id: due_at for stop, due_at in selected}
     by_id = {row["id"]: row for row in rows}
     stops, travelled = [], 0.0
     for order, (stop, leg) in enumerate(zip(planned.stops, planned.legs_m, strict=True), 1):

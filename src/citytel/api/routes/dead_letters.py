@@ -19,7 +19,7 @@ from citytel.api.schemas import (
     ReplayResult,
 )
 from citytel.domain import Reason
-from citytel.errors import InvalidQueryError
+from citytel.errors import ConflictError, InvalidQueryError
 from citytel.ingest.pipeline import Decoders
 from citytel.ingest.replay import replay
 from citytel.keys import Scope
@@ -49,7 +49,8 @@ def dead_letter_public(row: asyncpg.Record) -> DeadLetterPublic:
         detail=row["detail"],
         payload_base64=base64.b64encode(payload).decode(),
         payload_text=text,
-        payload_bytes=len(payload),
+        payload_bytes=row["payload_bytes"],
+        payload_truncated=row["payload_truncated"],
         first_received_at=row["first_received_at"],
         last_received_at=row["last_received_at"],
         times_received=row["times_received"],
@@ -94,6 +95,7 @@ async def _replay(
         still_dead=result.replayed - result.resolved,
         readings_stored=result.outcome.stored,
         still_dead_by_reason=dict(result.outcome.dead_letters),
+        truncated=result.truncated,
     )
 
 
@@ -114,8 +116,14 @@ async def replay_matching(request: Request, pool: PoolDep, body: ReplayRequest) 
     return await _replay(request, pool, where, body.limit)
 
 
-@router.post("/{letter_id}/replay", response_model=ReplayResult, responses={404: {}})
+@router.post("/{letter_id}/replay", response_model=ReplayResult, responses={404: {}, 409: {}})
 async def replay_one(request: Request, pool: PoolDep, letter_id: LetterId) -> ReplayResult:
     """Run one dead letter through ingestion again."""
-    await dead_letters.get_dead_letter(pool, letter_id)
+    letter = await dead_letters.get_dead_letter(pool, letter_id)
+    if letter["payload_truncated"]:
+        message = (
+            f"dead letter {letter_id} cannot be replayed: its payload of "
+            f"{letter['payload_bytes']} bytes was truncated to its first 64 KiB when it was kept"
+        )
+        raise ConflictError(message)
     return await _replay(request, pool, DeadLetterFilter(ids=[letter_id]), 1)
