@@ -396,6 +396,42 @@ async def test_an_uplink_of_another_application_is_wrong_gateway(
     assert await secured.pool.fetchval("SELECT count(*) FROM waste_readings") == 0
 
 
+async def test_an_application_cannot_report_a_device_bound_to_a_gateway_without_one(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """A registered application's uplink for a device of a native gateway is wrong_gateway.
+
+    The device's gateway has no application of its own, so no application may speak for it:
+    otherwise any network-server application could forge every native device by its DevEUI.
+    """
+    password = await add_gateway(
+        secured.pool, "chirpstack-casa", lorawan_application=CHIRPSTACK_APP
+    )
+    await add_gateway(secured.pool, "gw-a")
+    await register(
+        secured.pool,
+        tmp_path,
+        container("L-WC-1", "gw-a", device_model="milesight-em310-udl", dev_eui=LEVEL_EUI),
+    )
+    await secured.sync()
+    topic, body = chirpstack_v4("bin-1", LEVEL_EUI, 1, LEVEL_BYTES, None, datetime.now(UTC), 3)
+    client = await secured.client("chirpstack-casa", password)
+    async with running_ingest(secured.settings):
+        with closing(client):
+            assert not client.publish(topic, body).is_failure
+
+        async def dead_lettered() -> bool:
+            return bool(await secured.pool.fetchval("SELECT count(*) FROM dead_letters") == 1)
+
+        await wait_until(dead_lettered)
+    letter = await secured.pool.fetchrow("SELECT reason, detail FROM dead_letters")
+    assert letter is not None
+    assert letter["reason"] == "wrong_gateway"
+    assert CHIRPSTACK_APP in letter["detail"]
+    assert "'gw-a'" in letter["detail"]
+    assert await secured.pool.fetchval("SELECT count(*) FROM waste_readings") == 0
+
+
 async def test_a_disabled_or_rotated_gateway_can_no_longer_publish(secured: Secured) -> None:
     """Disabling refuses the gateway's publishes at once; rotating refuses its old password."""
     old_password = await add_gateway(secured.pool, "gw-a")
