@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class Replicated:
     primary_url: str
     replica_url: str
     standby: PgCluster
+
+    def api_url(self, url: str) -> str:
+        """``url`` as the API's own role: its grants must do on the primary and the standby."""
+        return url.replace("postgresql://postgres@", "postgresql://citytel_api@", 1)
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +156,8 @@ async def test_reads_follow_the_replica_and_fall_back_when_it_lags(
     )
     await set_spot(primary, occupied=False)
     settings = Settings(
-        database_url=SecretStr(replicated.primary_url),
-        database_read_url=SecretStr(replicated.replica_url),
+        database_url=SecretStr(replicated.api_url(replicated.primary_url)),
+        database_read_url=SecretStr(replicated.api_url(replicated.replica_url)),
         database_read_max_lag_s=MAX_LAG_S,
         database_read_check_s=0.2,
         mqtt_url=broker.url,
@@ -200,7 +205,7 @@ async def test_reads_follow_the_replica_and_fall_back_when_it_lags(
         await standby.execute("SELECT pg_wal_replay_resume()")
 
         # The replica stopped: reads go to the primary; /readyz says so and stays ready.
-        replicated.standby.stop()
+        await asyncio.to_thread(replicated.standby.stop)
         await wait_until(lambda: replica_is(api, "unavailable"), within=15)
         assert "replica_lag_s" not in await ready(api)
         assert await status(api) == "free"

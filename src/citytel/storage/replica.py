@@ -28,7 +28,7 @@ from enum import StrEnum
 import asyncpg
 
 from citytel.config import Settings
-from citytel.errors import StorageError
+from citytel.errors import StorageError, TransientStorageError
 from citytel.storage import queries
 from citytel.storage.pool import create_pool
 
@@ -96,7 +96,8 @@ class ReadReplica:
         self.state = ReplicaState.UNAVAILABLE
         self.lag_s: float | None = None
         """The replica's lag at the last check; None when it could not be measured."""
-        self._why = "not checked yet"
+        # Why reads are where they are, in a word: a move is logged when it changes.
+        self._reason = "start"
 
     @property
     def in_use(self) -> bool:
@@ -117,55 +118,70 @@ class ReadReplica:
             # Bounded: a replica host that drops packets would otherwise hold the check for
             # the driver's connect timeout, and reads on a replica nobody measures.
             async with asyncio.timeout(max(2.0, 2 * self._check_s)):
-                state, why = await self._measure()
+                state, reason, why = await self._measure()
         except (StorageError, TimeoutError) as exc:
             self.lag_s = None
             self._clock.forget()
-            reason = str(exc) or "no answer in time"
-            state, why = ReplicaState.UNAVAILABLE, f"the replica cannot be read: {reason}"
-        self._move_to(state, why)
+            detail = str(exc) or "no answer in time"
+            state, reason, why = (
+                ReplicaState.UNAVAILABLE,
+                "unreachable",
+                f"the replica cannot be read: {detail}",
+            )
+        self._move_to(state, reason, why)
         return state
 
-    async def _measure(self) -> tuple[ReplicaState, str]:
+    async def _measure(self) -> tuple[ReplicaState, str, str]:
+        """The replica's state, the reason in a word, and in a sentence for the log."""
         primary = self._primary()
         if self._replica is None:
             url = self._settings.database_read_url
             assert url is not None  # noqa: S101 - checked by `configured`
             self._replica = await create_pool(self._settings, database_url=url.get_secret_value())
-        if primary is None:
-            # Without the primary's position the lag cannot be measured: reads stay where they
-            # are (on the primary, until the replica has been measured once).
-            return self.state, self._why
         # The primary first: the replica is then compared with a position no newer than its own.
         read_at = time.monotonic()
-        self._clock.primary_at(read_at, await queries.primary_wal_position(primary))
+        try:
+            if primary is None:
+                message = "the primary has not been reached yet"
+                raise TransientStorageError(message)
+            position = await queries.primary_wal_position(primary)
+        except StorageError:
+            # Without the primary's position the lag cannot be measured: reads stay where they
+            # are (on the primary, until the replica has been measured once). The primary's
+            # trouble is /readyz's to tell, not the replica's.
+            return self.state, self._reason, ""
+        self._clock.primary_at(read_at, position)
         replayed = await queries.replayed_wal_position(self._replica)
         if replayed is None:
             self.lag_s = None
-            return ReplicaState.UNAVAILABLE, "the replica is not a standby (promoted?)"
+            return ReplicaState.UNAVAILABLE, "promoted", "the replica is not a standby (promoted?)"
         lag_s, exact = self._clock.lag_s(replayed, time.monotonic())
         self.lag_s = lag_s
         # Back to the replica only well under the limit, so that a lag hovering around it does
         # not switch reads (and rebuild the live view) at every check.
         limit = self._max_lag_s if self.state is ReplicaState.OK else self._max_lag_s / 2
         if lag_s > limit:
-            return ReplicaState.LAGGING, f"the replica is {lag_s:.1f} s behind the primary"
+            return (
+                ReplicaState.LAGGING,
+                "lagging",
+                f"the replica is {lag_s:.1f} s behind the primary",
+            )
         if not exact:
             # Just (re)connected and behind, by less than the limit so far: not used until it
             # is seen to have replayed a position read here.
             self.lag_s = None
-            return ReplicaState.UNAVAILABLE, "the replica's lag is not known yet"
-        return ReplicaState.OK, ""
+            return ReplicaState.UNAVAILABLE, "unknown", ""
+        return ReplicaState.OK, "ok", ""
 
-    def _move_to(self, state: ReplicaState, why: str) -> None:
-        if state is self.state:
+    def _move_to(self, state: ReplicaState, reason: str, why: str) -> None:
+        if reason == self._reason:
             return
         where = self._settings.database_read_where
         if state is ReplicaState.OK:
-            log.info("reads go to the replica %s again (lag %.1f s)", where, self.lag_s or 0.0)
-        else:
+            log.info("reads go to the replica %s (lag %.1f s)", where, self.lag_s or 0.0)
+        elif why:
             log.warning("reads go to the primary: %s (%s)", why, where)
-        self.state, self._why = state, why
+        self.state, self._reason = state, reason
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``CITYTEL_DATABASE_READ_CHECK_S`` until ``stop`` is set; then close."""
