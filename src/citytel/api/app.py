@@ -192,6 +192,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 await refreshing
             if feeding is not None:
                 await feeding
+            # After the live view: it may be reading from the replica until it stops.
+            await replica.close()
             if app.state.pool is not None:
                 await app.state.pool.close()
             app.state.planning.close()

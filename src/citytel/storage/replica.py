@@ -184,17 +184,27 @@ class ReadReplica:
         self.state, self._reason = state, reason
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Check every ``CITYTEL_DATABASE_READ_CHECK_S`` until ``stop`` is set; then close."""
+        """Check every ``CITYTEL_DATABASE_READ_CHECK_S`` until ``stop`` is set."""
         if not self.configured:
             return
+        while not stop.is_set():
+            await self.check()
+            try:
+                async with asyncio.timeout(self._check_s):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        """Close the replica's pool, once nothing reads from it any more (after the live view
+        has stopped); a replica gone away is not waited for."""
+        pool, self._replica = self._replica, None
+        self.state = ReplicaState.UNAVAILABLE
+        if pool is None:
+            return
         try:
-            while not stop.is_set():
-                await self.check()
-                try:
-                    async with asyncio.timeout(self._check_s):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
-        finally:
-            if self._replica is not None:
-                await self._replica.close()
+            async with asyncio.timeout(5):
+                await pool.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.debug("replica pool closed abruptly (%s)", exc)
+            pool.terminate()

@@ -74,12 +74,12 @@ async def readyz(request: Request) -> JSONResponse:
         problems["broker"] = broker_problem
     _log_change(app, problems)
     ready = not problems
-    body = Health(status="ok" if ready else "unavailable", checks=checks)
     replica: ReadReplica = app.state.reads
+    lag_s = None
     if replica.configured:
         # Its reasons are logged by the replica's own checks, as reads move.
         checks["replica"] = replica.state.value
-        if replica.lag_s is not None:
-            body.replica_lag_s = round(replica.lag_s, 1)
+        lag_s = None if replica.lag_s is None else round(replica.lag_s, 1)
+    body = Health(status="ok" if ready else "unavailable", checks=checks, replica_lag_s=lag_s)
     content = body.model_dump(exclude_none=True)
     return JSONResponse(status_code=200 if ready else 503, content=content)
