@@ -201,7 +201,11 @@ async def test_reads_follow_the_replica_and_fall_back_when_it_lags(
         assert (await scrape(api, "/metrics")).value("citytel_api_replica_reads") == 1
         await pause_replay(standby)
         await set_spot(primary, occupied=False)
+        written = time.monotonic()
         assert await status(api) == "occupied"
+        await wait_until(lambda: view_read_since(api, written), within=10)
+        assert not await live_free(api)
+        assert await replica_is(api, "ok")
         await standby.execute("SELECT pg_wal_replay_resume()")
 
         # The replica stopped: reads go to the primary; /readyz says so and stays ready.
