@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     # Passwords `citytel migrate` gives the citytel_ingest and citytel_api roles (0012_roles.sql).
     database_ingest_password: SecretStr | None = None
     database_api_password: SecretStr | None = None
+    # A streaming replica of the database for the API's read routes and its live parking view
+    # (docs/operations.md, "Read replicas"); writes stay on CITYTEL_DATABASE_URL. Reads fall back
+    # to the primary while the replica lags more than the limit or cannot be reached, and
+    # return once its lag is back under half the limit. The lag is measured every check.
+    database_read_url: SecretStr | None = None
+    database_read_max_lag_s: float = Field(default=5.0, gt=0)
+    database_read_check_s: float = Field(default=1.0, gt=0, le=60)
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
@@ -212,6 +219,14 @@ class Settings(BaseSettings):
         database_address(value.get_secret_value())
         return value
 
+    @field_validator("database_read_url")
+    @classmethod
+    def _read_url_is_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        database_address(value.get_secret_value(), setting="CITYTEL_DATABASE_READ_URL")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level_is_known(cls, value: str) -> str:
@@ -247,6 +262,13 @@ class Settings(BaseSettings):
     def database_where(self) -> str:
         """``host:port/database`` of ``database_url``, for messages: never the user or password."""
         return database_address(self.database_url.get_secret_value())
+
+    @property
+    def database_read_where(self) -> str | None:
+        """``host:port/database`` of ``database_read_url`` (None when unset), for the log."""
+        if self.database_read_url is None:
+            return None
+        return database_address(self.database_read_url.get_secret_value())
 
     @property
     def mqtt_host_port(self) -> tuple[str, int]:
@@ -292,8 +314,8 @@ def _broker_address(url: str) -> tuple[str, int]:
     return parts.hostname, port or (8883 if parts.scheme in _TLS_SCHEMES else 1883)
 
 
-def database_address(url: str) -> str:
-    """``host:port/database`` of a PostgreSQL URL; ValueError naming the setting otherwise.
+def database_address(url: str, *, setting: str = "CITYTEL_DATABASE_URL") -> str:
+    """``host:port/database`` of a PostgreSQL URL; ValueError naming ``setting`` otherwise.
 
     The message never quotes the URL: it may carry a password.
     """
@@ -304,7 +326,7 @@ def database_address(url: str) -> str:
         port = -1
     if parts.scheme not in {"postgresql", "postgres"} or port == -1:
         message = (
-            "CITYTEL_DATABASE_URL must look like postgresql://user:password@host:5432/citytel "
+            f"{setting} must look like postgresql://user:password@host:5432/citytel "
             "(scheme postgresql, an optional port from 1 to 65535)"
         )
         raise ValueError(message)

@@ -234,6 +234,8 @@ class PgCluster:
     datadir: Path
     bindir: Path
     timescaledb: bool = False
+    # More ``postgres`` options, e.g. what a primary streaming to a standby needs.
+    options: str = ""
 
     @property
     def url(self) -> str:
@@ -246,17 +248,35 @@ class PgCluster:
             command = ["runuser", "-u", "postgres", "--", *command]
         subprocess.run(command, check=True, capture_output=True)
 
-    def init(self) -> None:
-        self.datadir.mkdir(parents=True)
+    def _own_parent(self) -> None:
+        self.datadir.parent.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.datadir.parent, "postgres")
-            shutil.chown(self.datadir, "postgres")
             self.datadir.parent.chmod(0o755)
+
+    def init(self) -> None:
+        self._own_parent()
+        self.datadir.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir, "postgres")
+        # initdb's pg_hba.conf trusts local replication connections, and its defaults
+        # (wal_level replica, max_wal_senders 10) let a standby stream from this cluster.
         self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def init_standby_of(self, primary: PgCluster) -> None:
+        """A copy of ``primary`` that streams from it (``pg_basebackup -R``: a hot standby)."""
+        self._own_parent()
+        self._run(
+            "pg_basebackup",
+            *("-D", str(self.datadir), "-h", "127.0.0.1", "-p", str(primary.port)),
+            *("-U", "postgres", "-R", "-X", "stream", "-c", "fast"),
+        )
 
     def start(self) -> None:
         options = server_options(self.port, self.datadir, timescaledb=self.timescaledb)
         options += " -c shared_buffers=64MB"
+        if self.options:
+            options += f" {self.options}"
         # The server's output goes to a file: a pipe held open by it would block us forever.
         log = str(self.datadir.parent / "postgres.log")
         self._run(
@@ -268,7 +288,7 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(*, timescaledb: bool | None = None) -> Iterator[PgCluster]:
+def running_cluster(*, timescaledb: bool | None = None, options: str = "") -> Iterator[PgCluster]:
     """A fresh PostgreSQL cluster on a free port for the duration of the block.
 
     It preloads TimescaleDB when the extension is installed (or when ``timescaledb`` says so).
@@ -278,7 +298,11 @@ def running_cluster(*, timescaledb: bool | None = None) -> Iterator[PgCluster]:
     if timescaledb is None:
         timescaledb = timescaledb_installed(bindir)
     cluster = PgCluster(
-        port=free_port(), datadir=root / "data", bindir=bindir, timescaledb=timescaledb
+        port=free_port(),
+        datadir=root / "data",
+        bindir=bindir,
+        timescaledb=timescaledb,
+        options=options,
     )
     try:
         cluster.init()
@@ -287,4 +311,32 @@ def running_cluster(*, timescaledb: bool | None = None) -> Iterator[PgCluster]:
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# What a primary streaming to a standby needs, stated rather than left to initdb's defaults.
+PRIMARY_OPTIONS = "-c wal_level=replica -c max_wal_senders=4"
+
+
+@contextlib.contextmanager
+def running_standby(primary: PgCluster) -> Iterator[PgCluster]:
+    """A hot standby of ``primary`` on its own port and data directory, streaming from it.
+
+    The same programs and, on TimescaleDB, the same preloaded library as the primary: a
+    standby replays the extension's WAL and serves its tables read-only.
+    """
+    root = Path(tempfile.mkdtemp(prefix="citytel-pg-standby-"))
+    standby = PgCluster(
+        port=free_port(),
+        datadir=root / "data",
+        bindir=primary.bindir,
+        timescaledb=primary.timescaledb,
+    )
+    try:
+        standby.init_standby_of(primary)
+        standby.start()
+        yield standby
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            standby.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)

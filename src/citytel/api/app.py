@@ -50,6 +50,7 @@ from citytel.errors import (
 )
 from citytel.ingest.pipeline import Decoders, sleep_unless
 from citytel.storage.pool import wait_for_pool
+from citytel.storage.replica import ReadReplica
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +180,20 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         refreshing = asyncio.create_task(live.run(stop)) if live is not None else None
         feed: ChangeFeed | None = app.state.change_feed
         feeding = asyncio.create_task(feed.run(stop)) if feed is not None else None
+        replica: ReadReplica = app.state.reads
+        checking = asyncio.create_task(replica.run(stop))
         try:
             yield
         finally:
             stop.set()
             await connecting
+            await checking
             if refreshing is not None:
                 await refreshing
             if feeding is not None:
                 await feeding
+            # After the live view: it may be reading from the replica until it stops.
+            await replica.close()
             if app.state.pool is not None:
                 await app.state.pool.close()
             app.state.planning.close()
@@ -213,10 +219,15 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.planning = PlanningGate[CollectionRound](
         settings.api_planning_concurrency, settings.api_planning_cache_s
     )
+    # Read routes and the live parking view read from a replica while it keeps up; everything
+    # else (writes, replay, provisioning, keys, the change feed) uses the primary's pool.
+    app.state.reads = ReadReplica(settings, lambda: app.state.pool)
     app.state.live_spots = (
-        LiveSpots(settings, lambda: app.state.pool) if settings.api_live_spots else None
+        LiveSpots(settings, app.state.reads.pool) if settings.api_live_spots else None
     )
-    ApiMetrics(app.state.live_spots).install(app)
+    ApiMetrics(app.state.live_spots, app.state.reads).install(app)
+    # The change feed stays on the primary: a standby's snapshots cannot say which transactions
+    # were running, and a feed moved between servers would see states go back and publish them.
     app.state.change_feed = (
         ChangeFeed(settings, lambda: app.state.pool, EventHub(settings.api_events_retained))
         if settings.api_events

@@ -13,6 +13,7 @@ from citytel.api.live_spots import LiveSpots
 from citytel.api.schemas import within_calendar
 from citytel.config import Settings
 from citytel.errors import InvalidQueryError, TransientStorageError
+from citytel.storage.replica import ReadReplica
 
 # The dependencies are coroutines although they do no I/O: FastAPI runs a plain function in a
 # thread pool, and two thread hops per request were a tenth of the hottest route's time.
@@ -21,6 +22,16 @@ from citytel.errors import InvalidQueryError, TransientStorageError
 async def get_pool(request: Request) -> asyncpg.Pool:
     """The database pool, or 503 while the database has not been reached yet."""
     pool: asyncpg.Pool | None = request.app.state.pool
+    if pool is None:
+        message = "the database is not reachable yet; retry shortly"
+        raise TransientStorageError(message)
+    return pool
+
+
+async def get_read_pool(request: Request) -> asyncpg.Pool:
+    """The pool for a read: a read replica's while it keeps up, else the primary's; or 503."""
+    replica: ReadReplica = request.app.state.reads
+    pool = replica.pool()
     if pool is None:
         message = "the database is not reachable yet; retry shortly"
         raise TransientStorageError(message)
@@ -40,6 +51,9 @@ async def get_live_spots(request: Request) -> LiveSpots | None:
 
 
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+"""The primary's pool: for writes, and for reads that must see them at once."""
+ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
+"""For reads that may be served a replica's state (CITYTEL_DATABASE_READ_MAX_LAG_S behind)."""
 LiveSpotsDep = Annotated[LiveSpots | None, Depends(get_live_spots)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 

@@ -44,12 +44,14 @@ class LiveSpots:
     """Free spots in memory, refreshed from the database in the background."""
 
     def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool | None]) -> None:
+        # The pool reads go to now: the primary's, or a read replica's while it keeps up.
         self._pool = pool
         self._refresh_s = settings.api_live_refresh_ms / 1000
         self._resync_s = settings.api_live_resync_s
         self._max_staleness_s = settings.api_live_max_staleness_s
         self._index = FreeSpotIndex()
         self._snapshot: str | None = None
+        self._source: asyncpg.Pool | None = None
         self._resynced_at = 0.0
         self._read_at: float | None = None
         self.as_of: datetime | None = None
@@ -84,7 +86,11 @@ class LiveSpots:
         if pool is None:
             return False
         started = time.monotonic()
-        resync = self._snapshot is None or started - self._resynced_at >= self._resync_s
+        # Reads moved between the primary and a replica (storage/replica.py): a snapshot of one
+        # server means nothing on the other, and the replica may be behind what was read from
+        # the primary, so everything is read again where reads now go.
+        moved = pool is not self._source
+        resync = moved or self._snapshot is None or started - self._resynced_at >= self._resync_s
         changes = await queries.spot_changes(pool, None if resync else self._snapshot)
         if resync:
             # Built beside the one in use, a slice at a time, so that searches go on meanwhile.
@@ -104,6 +110,7 @@ class LiveSpots:
         else:
             self._index.apply(_state(row) for row in changes.rows)
         self._snapshot, self.as_of, self._read_at = changes.snapshot, changes.as_of, started
+        self._source = pool
         self.last_refresh_s = time.monotonic() - started
         if changes.rows:
             self.changed.notify()

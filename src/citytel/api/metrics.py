@@ -1,4 +1,5 @@
-"""Prometheus metrics of the API (``/metrics``): requests by route template, the live view.
+"""Prometheus metrics of the API (``/metrics``): requests by route template, the live view,
+the read replica.
 
 Requests are labelled by the route's template (``/v1/zones/{zone_id}``), never the raw path, so
 that the number of series stays bounded whatever clients ask for; a request no route matched
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from citytel.api.auth import require
 from citytel.api.live_spots import LiveSpots
 from citytel.keys import Scope as KeyScope
+from citytel.storage.replica import ReadReplica
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -27,7 +29,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class ApiMetrics:
     """The metrics of one API process, in a registry of their own."""
 
-    def __init__(self, live: LiveSpots | None) -> None:
+    def __init__(self, live: LiveSpots | None, replica: ReadReplica) -> None:
         self.registry = CollectorRegistry()
         self.request_seconds = Histogram(
             "citytel_api_request_seconds",
@@ -38,6 +40,8 @@ class ApiMetrics:
         )
         if live is not None:
             self.registry.register(_LiveView(live))
+        if replica.configured:
+            self.registry.register(_Replica(replica))
 
     def install(self, app: FastAPI) -> None:
         """Time every request of ``app`` and serve ``/metrics`` from it."""
@@ -109,3 +113,22 @@ class _LiveView(Collector):
         for name, documentation, value in gauges:
             if value is not None:
                 yield GaugeMetricFamily(name, documentation, value=value)
+
+
+class _Replica(Collector):
+    def __init__(self, replica: ReadReplica) -> None:
+        self.replica = replica
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "citytel_api_replica_reads",
+            "1 while reads are served by the read replica, 0 while they fall back to the primary",
+            value=1 if self.replica.in_use else 0,
+        )
+        # Absent while it cannot be measured (the replica unreachable, or not measured yet).
+        if self.replica.lag_s is not None:
+            yield GaugeMetricFamily(
+                "citytel_api_replica_lag_seconds",
+                "How far the read replica is behind the primary, at the last check",
+                value=self.replica.lag_s,
+            )

@@ -219,6 +219,11 @@ class Health(BaseModel):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+    replica_lag_s: float | None = Field(
+        default=None,
+        description="with a read replica: how far it is behind the primary, in seconds "
+        "(absent while it cannot be measured)",
+    )
 
 
 class Problem(BaseModel):

@@ -37,8 +37,12 @@ def is_transient(exc: BaseException) -> bool:
         OSError
         | TimeoutError
         | asyncpg.InterfaceError
+        | asyncpg.InternalClientError
         | asyncpg.exceptions.ConnectionDoesNotExistError,
     ):
+        # InternalClientError: a pooled connection whose server went away mid-answer can be
+        # handed out once more before its end is noticed ("cannot switch to state ...; another
+        # operation is in progress"); the next connection is a new one.
         return True
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
@@ -156,5 +160,11 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
             yield conn
     except StorageError:
         raise
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        TimeoutError,
+    ) as exc:
         raise translate(exc) from exc

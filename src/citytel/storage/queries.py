@@ -283,8 +283,27 @@ FROM (
 
 # The API's live view of parking reads spots in a REPEATABLE READ transaction, so that the
 # snapshot it records is the one the rows were read under (migrations/0005_spot_changes.sql).
+#
+# On a hot standby (a read replica) the snapshot has no list of running transactions:
+# PostgreSQL keeps every xid a standby knows to be running in the snapshot's subtransaction
+# array, which pg_current_snapshot() does not export, so pg_visible_in_snapshot() would call a
+# transaction running at the read "visible" and its rows would never be read. There the
+# snapshot is recorded as "xmin:xmin:", which sees nothing at or after xmin: the next read asks
+# again for every row written since xmin (xmin is right on a standby, and re-applying a spot's
+# state is harmless), so nothing is missed. And a standby's data are as of its last replayed
+# commit while it has received WAL it has not replayed yet, not as of now().
 SPOT_SNAPSHOT = """
-SELECT pg_current_snapshot()::text AS snapshot, now() AS as_of
+SELECT
+    CASE WHEN pg_is_in_recovery()
+        THEN format('%s:%s:', pg_snapshot_xmin(s), pg_snapshot_xmin(s))
+        ELSE s::text
+    END AS snapshot,
+    CASE WHEN pg_is_in_recovery()
+            AND pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()
+        THEN least(now(), pg_last_xact_replay_timestamp())
+        ELSE now()
+    END AS as_of
+FROM pg_current_snapshot() AS s
 """
 
 # The ids written by a transaction that an earlier snapshot $1 did not see: running then, or
@@ -719,6 +738,31 @@ async def list_zones(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Every zone with its number of containers and spots."""
     async with connection(pool) as conn:
         return await conn.fetch(LIST_ZONES)
+
+
+# Where the primary's WAL ends, and how far a standby has replayed it (NULL on a server that is
+# not a standby): the read replica's lag is measured from the two (storage/replica.py).
+PRIMARY_WAL_POSITION = """
+SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS position
+"""
+
+REPLAYED_WAL_POSITION = """
+SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn AS position
+"""
+
+
+async def primary_wal_position(pool: asyncpg.Pool) -> int:
+    """The primary's current WAL position, in bytes from the start."""
+    async with connection(pool) as conn:
+        value = await conn.fetchval(PRIMARY_WAL_POSITION, timeout=2)
+    return int(value)
+
+
+async def replayed_wal_position(pool: asyncpg.Pool) -> int | None:
+    """The WAL position a standby has replayed, in bytes; None when the server is no standby."""
+    async with connection(pool) as conn:
+        value = await conn.fetchval(REPLAYED_WAL_POSITION, timeout=2)
+    return None if value is None else int(value)
 
 
 async def ping(pool: asyncpg.Pool) -> None:

@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import APIRouter, Query, Request
 
 from citytel.api.auth import require
-from citytel.api.deps import PoolDep
+from citytel.api.deps import ReadPoolDep
 from citytel.api.planning import PlanningGate
 from citytel.api.routes.containers import BBoxQuery, container_public, fill_state, parse_bbox
 from citytel.api.schemas import CollectionRound, CollectionStop, Location, Problem
@@ -36,7 +36,7 @@ router = APIRouter(
 )
 async def collection_round(
     request: Request,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
     bbox: BBoxQuery = None,
     threshold_pct: Annotated[

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic_core import to_json
 
 from citytel.api.auth import require
-from citytel.api.deps import PoolDep, require_offset
+from citytel.api.deps import ReadPoolDep, require_offset
 from citytel.api.schemas import (
     BucketPublic,
     ContainerPage,
@@ -147,7 +147,7 @@ def history_range(
 
 @router.get("", response_model=ContainerPage)
 async def list_containers(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
     min_fill_pct: Annotated[
         float | None, Query(ge=0, le=100, description="only containers at least this full")
@@ -175,7 +175,7 @@ async def list_containers(
 
 
 @router.get("/{container_id}", response_model=ContainerPublic, responses={404: {}})
-async def get_container(pool: PoolDep, container_id: str) -> ContainerPublic:
+async def get_container(pool: ReadPoolDep, container_id: str) -> ContainerPublic:
     """One container: latest fill, battery, last seen, location and zone."""
     return container_public(await queries.get_container(pool, container_id))
 
@@ -188,7 +188,7 @@ async def get_container(pool: PoolDep, container_id: str) -> ContainerPublic:
     responses={404: {}},
 )
 async def container_readings(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     container_id: str,
     start: FromQuery = None,
     end: ToQuery = None,

@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import APIRouter, Query
 
 from citytel.api.auth import require
-from citytel.api.deps import PoolDep
+from citytel.api.deps import ReadPoolDep
 from citytel.api.schemas import DeviceAttention, DeviceAttentionPage, DeviceProblem, Location
 from citytel.keys import Scope
 from citytel.storage import queries
@@ -75,7 +75,7 @@ def _urgency(problems: list[Problem], row: asyncpg.Record) -> tuple[int, datetim
 
 @router.get("/attention", response_model=DeviceAttentionPage)
 async def devices_needing_attention(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     kind: Annotated[Literal["waste", "parking"] | None, Query(description="only this kind")] = None,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
     silent_after_h: Annotated[

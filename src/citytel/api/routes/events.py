@@ -148,7 +148,7 @@ async def _free(
     yield f"retry: {_RETRY_MS}\n\n"
     while True:
         try:
-            pool = request.app.state.pool
+            pool = request.app.state.reads.pool()
             if pool is None:
                 message = "the database is not reachable yet"
                 raise TransientStorageError(message)

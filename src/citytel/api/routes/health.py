@@ -13,13 +13,14 @@ from citytel.errors import StorageError
 from citytel.ingest.mqtt import probe_broker
 from citytel.storage.migrate import NOT_MIGRATED, missing_migrations
 from citytel.storage.queries import ping
+from citytel.storage.replica import ReadReplica
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
 async def healthz() -> Health:
     """The process is alive."""
     return Health(status="ok")
@@ -58,7 +59,9 @@ def _log_change(app: FastAPI, problems: dict[str, str]) -> None:
 async def readyz(request: Request) -> JSONResponse:
     """The database (migrated) and the broker are both reachable: ok or unavailable, nothing more.
 
-    The reasons are logged, not answered: the route is open to anyone who reaches the port.
+    With a read replica, its state (ok, lagging, unavailable) and lag are told too; a replica
+    that is not ok does not make the API unready: reads fall back to the primary. The reasons
+    are logged, not answered: the route is open to anyone who reaches the port.
     """
     app: FastAPI = request.app
     settings: Settings = app.state.settings
@@ -71,5 +74,12 @@ async def readyz(request: Request) -> JSONResponse:
         problems["broker"] = broker_problem
     _log_change(app, problems)
     ready = not problems
-    body = Health(status="ok" if ready else "unavailable", checks=checks)
-    return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
+    replica: ReadReplica = app.state.reads
+    lag_s = None
+    if replica.configured:
+        # Its reasons are logged by the replica's own checks, as reads move.
+        checks["replica"] = replica.state.value
+        lag_s = None if replica.lag_s is None else round(replica.lag_s, 1)
+    body = Health(status="ok" if ready else "unavailable", checks=checks, replica_lag_s=lag_s)
+    content = body.model_dump(exclude_none=True)
+    return JSONResponse(status_code=200 if ready else 503, content=content)

@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import APIRouter, Query, Response
 
 from citytel.api.auth import require
-from citytel.api.deps import LiveSpotsDep, PoolDep, SettingsDep
+from citytel.api.deps import LiveSpotsDep, ReadPoolDep, SettingsDep
 from citytel.api.live_spots import LiveSpots
 from citytel.api.routes.containers import BBoxQuery, parse_bbox
 from citytel.api.schemas import FreeSpots, Location, SpotPage, SpotPublic
@@ -107,7 +107,7 @@ def free_spots_json(items: str, *, lat: float, lon: float, radius_m: float, as_o
     },
 )
 async def free_spots(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     live: LiveSpotsDep,
     lat: Lat,
@@ -129,7 +129,7 @@ async def free_spots(
 
 @router.get("/spots", response_model=SpotPage)
 async def list_spots(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
     bbox: BBoxQuery = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
@@ -149,6 +149,6 @@ async def list_spots(
 
 
 @router.get("/spots/{spot_id}", response_model=SpotPublic, responses={404: {}})
-async def get_spot(pool: PoolDep, spot_id: str) -> SpotPublic:
+async def get_spot(pool: ReadPoolDep, spot_id: str) -> SpotPublic:
     """One parking spot and its status: free, occupied, or unknown before any reading."""
     return spot_public(await queries.get_spot(pool, spot_id))

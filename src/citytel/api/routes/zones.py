@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import APIRouter, Query
 
 from citytel.api.auth import require
-from citytel.api.deps import PoolDep
+from citytel.api.deps import ReadPoolDep
 from citytel.api.routes.containers import FromQuery, ToQuery, history_range
 from citytel.api.schemas import (
     FullContainer,
@@ -30,14 +30,14 @@ router = APIRouter(
 
 
 @router.get("", response_model=list[ZonePublic])
-async def list_zones(pool: PoolDep) -> list[ZonePublic]:
+async def list_zones(pool: ReadPoolDep) -> list[ZonePublic]:
     """Every zone with its number of containers and spots."""
     return [ZonePublic(**dict(r)) for r in await queries.list_zones(pool)]
 
 
 @router.get("/{zone}", response_model=ZoneSummary, responses={404: {}})
 async def zone_summary(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: str,
     threshold_pct: Annotated[
         float, Query(ge=0, le=100, description="containers at least this full are listed")
@@ -69,7 +69,7 @@ async def zone_summary(
     responses={404: {}},
 )
 async def zone_occupancy(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: str,
     start: FromQuery = None,
     end: ToQuery = None,
@@ -95,7 +95,7 @@ async def zone_occupancy(
     responses={404: {}},
 )
 async def zone_week(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: str,
     weeks: Annotated[int, Query(ge=1, le=52, description="how many past weeks")] = 4,
     tz: Annotated[
