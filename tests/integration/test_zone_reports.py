@@ -112,7 +112,7 @@ async def test_waste_kpis_per_day(pool: asyncpg.Pool, fleet: Fleet, api: httpx.A
             (c1, at(0, 7), 0.0, None, None),
         ],
     )
-    day = [(DAY + timedelta(days=d)).date().isoformat() for d in range(3)]
+    day = [(DAY + timedelta(days=d)).date().isoformat() for d in range(4)]
     path = "/v1/zones/anfa/waste/kpis"
 
     async def kpis(tz: str, days: int) -> list[tuple[object, ...]]:
