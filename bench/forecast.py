@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from citytel.storage import queries
 from citytel.storage.migrate import HISTORY_AGGREGATES
 from simulators.city import SpotModel, parking_pattern
 from simulators.fleet import Spot
+
+log = logging.getLogger("bench")
 
 # One zone of each pattern (simulators.city.parking_pattern).
 ZONES = ("sidi-belyout", "anfa", "ain-sebaa", "derb-sultan")
@@ -135,11 +138,13 @@ async def _run(url: str, *, spots_per_zone: int, step: timedelta) -> dict[str, A
     started = time.perf_counter()
     records, truth = _simulate(spots, start, end, seed=12)
     simulated_s = time.perf_counter() - started
+    log.info("forecast: %d readings simulated in %.1f s", len(records), simulated_s)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
         started = time.perf_counter()
         aggregates = await _store(pool, spots, records)
         stored_s = time.perf_counter() - started
+        log.info("forecast: stored in %.1f s", stored_s)
         errors: dict[str, dict[str, list[float]]] = {}
         sweep: dict[float, dict[int, list[float]]] = {
             d: {h: [] for h in HORIZONS_H} for d in DECAYS_H
@@ -188,6 +193,7 @@ async def _run(url: str, *, spots_per_zone: int, step: timedelta) -> dict[str, A
                         sweep[decay][h].append(abs(swept.free_spots - actual))
                 moment += step
             errors[zone] = zone_errors
+            log.info("forecast: %s done, %d forecasts so far", zone, moments)
     finally:
         await pool.close()
 
