@@ -18,6 +18,10 @@ forecast keeps the ratio of now ("same as now").
 
 Free spots are expected among the spots whose state is known now: ``known * (1 - ratio)``.
 
+A known limit: the typical week is the share of readings that said occupied, and sensors send a
+reading at each change, so where stays are short it under-states busy hours; the deviation of
+now corrects that near the present only (docs/benchmarks.md, the market 6 hours ahead).
+
 Pure functions, no I/O: storage.queries.zone_parking_at reads what they need, and the API and the
 backtest both call :func:`forecast_free_spots` with it.
 """
