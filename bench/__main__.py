@@ -28,7 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, drain, history, jetstream_drain, profile, push, report, steady
+from bench import (
+    api_load,
+    drain,
+    forecast,
+    history,
+    jetstream_drain,
+    profile,
+    push,
+    report,
+    steady,
+)
 from bench.database import import_fleet
 from bench.load import build_workload
 from bench.services import REPO, Services
@@ -52,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["drain", "jetstream", "steady", "api", "profile", "history", "push"],
+        choices=["drain", "jetstream", "steady", "api", "profile", "history", "push", "forecast"],
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -126,7 +136,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = args.messages or (20_000 if args.quick else 200_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
-    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile", "history", "push"])
+    only = set(
+        args.only
+        or ["drain", "jetstream", "steady", "api", "profile", "history", "push", "forecast"]
+    )
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
     push_rate = args.push_rate or (1000.0 if args.quick else 5000.0)
     push_clients = args.push_clients or (100 if args.quick else 1000)
@@ -134,10 +147,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     push_count = 2 * int(push_rate * steady_s) if "push" in only else 0
 
     started = time.monotonic()
-    log.info("generating %d simulated readings", count + steady_count)
-    workload = build_workload(
-        containers=CONTAINERS, spots=SPOTS, messages=count + steady_count + push_count
-    )
+    # The history and the forecast write their own data straight into databases of their own.
+    needs_fleet = bool(only & {"drain", "jetstream", "steady", "api", "profile", "push"})
+    if needs_fleet:
+        log.info("generating %d simulated readings", count + steady_count)
+        workload = build_workload(
+            containers=CONTAINERS, spots=SPOTS, messages=count + steady_count + push_count
+        )
     summary: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
@@ -151,9 +167,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     partial = _Partial(summary, Path(args.out) / "partial.json")
     with Services(keep=args.keep, ingest_metrics=not args.no_ingest_metrics) as services:
         summary["machine"] = _machine(services)
-        summary["fleet"] = {"containers": CONTAINERS, "spots": SPOTS}
-        log.info("importing the fleet")
-        import_fleet(services.database_url, workload.fleet_geojson, services.workdir)
+        if needs_fleet:
+            summary["fleet"] = {"containers": CONTAINERS, "spots": SPOTS}
+            log.info("importing the fleet")
+            import_fleet(services.database_url, workload.fleet_geojson, services.workdir)
         if "drain" in only:
             with partial.scenario("drain"):
                 log.info("drain: %d readings, baselines, one and two workers", count)
@@ -207,6 +224,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with partial.scenario("history"):
                 log.info("history: 90 days of readings, from the aggregates and the raw tables")
                 summary["history"] = history.run(services)
+        if "forecast" in only:
+            with partial.scenario("forecast"):
+                log.info("forecast: %d simulated weeks, backtest of the last ones", forecast.WEEKS)
+                summary["forecast"] = forecast.run(services, quick=args.quick)
     summary["targets"] = report.verdicts(summary)
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     return summary

@@ -21,6 +21,7 @@ then
   echo "==> pytest on plain PostgreSQL (fallback subset)"
   CITYTEL_TEST_STORE=postgres .venv/bin/python -m pytest -q tests/integration/test_store.py \
     tests/integration/test_migrations.py tests/integration/test_history.py \
+    tests/integration/test_zone_reports.py \
     tests/integration/test_pipeline.py tests/integration/test_api.py \
     tests/integration/test_roles.py
 else

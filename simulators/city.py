@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Literal
 
 from citytel.formats.native import ParkingPayload, WastePayload
 from simulators.fleet import ZONES, ZONES_BY_SLUG, Character, Container, Spot
@@ -27,14 +29,129 @@ _DAILY_FILL_PCT = {"mixed": 55.0, "organic": 60.0, "recyclable": 30.0, "glass": 
 _BUSY_SITE_SHARE = 0.08  # markets, restaurants, schools: fill two to three times faster
 _NEARLY_FULL_SHARE = 0.08
 
-# Parking: (mean occupancy, daily swing, peak local hour, mean stay in hours) by character.
-_PARKING = {
-    "centre": (0.55, 0.30, 14.0, 1.5),
-    "residential": (0.62, 0.22, 1.0, 6.0),
-    "industrial": (0.45, 0.30, 12.0, 4.0),
+# Parking follows a week, as parking studies find it: business districts fill with commuters on
+# weekday mornings, thin out at lunch and empty in the evening; residential streets do the
+# opposite; industrial zones work weekday shifts and sleep at the weekend; a market is busiest
+# late morning and evening, and on Saturday and Sunday. Friday's midday prayer empties the
+# centre and fills the residential streets for an hour or two. Each curve is the share of time a
+# spot is taken, per local hour (interpolated between hours), before the spot's own use factor.
+Pattern = Literal["business", "residential", "industrial", "market"]
+_WEEKDAY, _FRIDAY, _SATURDAY, _SUNDAY = 0, 1, 2, 3
+# fmt: off
+_WEEK_CURVES: dict[Pattern, tuple[tuple[float, ...], ...]] = {
+    "business": (
+        (0.18, 0.15, 0.12, 0.12, 0.12, 0.15, 0.25, 0.45, 0.72, 0.86, 0.90, 0.88,
+         0.78, 0.80, 0.88, 0.88, 0.84, 0.74, 0.62, 0.55, 0.52, 0.45, 0.35, 0.25),
+        (0.18, 0.15, 0.12, 0.12, 0.12, 0.15, 0.25, 0.45, 0.72, 0.86, 0.88, 0.80,
+         0.55, 0.50, 0.70, 0.84, 0.82, 0.72, 0.62, 0.58, 0.55, 0.48, 0.38, 0.26),
+        (0.20, 0.18, 0.15, 0.12, 0.12, 0.12, 0.15, 0.20, 0.30, 0.45, 0.60, 0.68,
+         0.70, 0.68, 0.66, 0.68, 0.70, 0.70, 0.66, 0.60, 0.55, 0.48, 0.38, 0.28),
+        (0.22, 0.20, 0.16, 0.12, 0.12, 0.12, 0.12, 0.14, 0.18, 0.25, 0.32, 0.38,
+         0.42, 0.42, 0.40, 0.40, 0.42, 0.45, 0.45, 0.42, 0.38, 0.33, 0.28, 0.24),
+    ),
+    "residential": (
+        (0.88, 0.90, 0.90, 0.90, 0.90, 0.88, 0.82, 0.70, 0.55, 0.45, 0.42, 0.42,
+         0.45, 0.48, 0.45, 0.45, 0.50, 0.60, 0.72, 0.80, 0.85, 0.87, 0.88, 0.88),
+        (0.88, 0.90, 0.90, 0.90, 0.90, 0.88, 0.82, 0.70, 0.55, 0.46, 0.45, 0.50,
+         0.62, 0.66, 0.55, 0.48, 0.52, 0.62, 0.72, 0.80, 0.85, 0.87, 0.88, 0.88),
+        (0.88, 0.90, 0.90, 0.90, 0.90, 0.90, 0.88, 0.85, 0.80, 0.72, 0.65, 0.60,
+         0.60, 0.62, 0.62, 0.60, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.87, 0.88),
+        (0.88, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90, 0.90, 0.88, 0.82, 0.75, 0.70,
+         0.68, 0.70, 0.72, 0.70, 0.70, 0.72, 0.76, 0.80, 0.84, 0.86, 0.87, 0.88),
+    ),
+    "industrial": (
+        (0.08, 0.08, 0.08, 0.08, 0.10, 0.20, 0.45, 0.75, 0.85, 0.86, 0.86, 0.84,
+         0.72, 0.74, 0.84, 0.84, 0.80, 0.60, 0.35, 0.20, 0.14, 0.10, 0.10, 0.08),
+        (0.08, 0.08, 0.08, 0.08, 0.10, 0.20, 0.45, 0.75, 0.85, 0.86, 0.84, 0.72,
+         0.55, 0.55, 0.74, 0.80, 0.76, 0.56, 0.32, 0.18, 0.12, 0.10, 0.10, 0.08),
+        (0.08, 0.08, 0.08, 0.08, 0.08, 0.12, 0.25, 0.45, 0.50, 0.50, 0.50, 0.48,
+         0.40, 0.30, 0.22, 0.18, 0.15, 0.12, 0.10, 0.08, 0.08, 0.08, 0.08, 0.08),
+        (0.06, 0.06, 0.06, 0.06, 0.06, 0.06, 0.07, 0.08, 0.09, 0.10, 0.10, 0.10,
+         0.10, 0.10, 0.10, 0.10, 0.09, 0.08, 0.08, 0.07, 0.07, 0.06, 0.06, 0.06),
+    ),
+    "market": (
+        (0.15, 0.12, 0.10, 0.10, 0.10, 0.12, 0.20, 0.35, 0.55, 0.72, 0.82, 0.86,
+         0.84, 0.80, 0.78, 0.80, 0.85, 0.88, 0.88, 0.82, 0.70, 0.50, 0.32, 0.20),
+        (0.15, 0.12, 0.10, 0.10, 0.10, 0.12, 0.20, 0.35, 0.55, 0.72, 0.80, 0.75,
+         0.58, 0.60, 0.72, 0.80, 0.86, 0.90, 0.90, 0.84, 0.72, 0.52, 0.32, 0.20),
+        (0.18, 0.14, 0.10, 0.10, 0.10, 0.12, 0.22, 0.40, 0.65, 0.82, 0.90, 0.92,
+         0.92, 0.90, 0.90, 0.90, 0.92, 0.92, 0.90, 0.85, 0.72, 0.52, 0.35, 0.22),
+        (0.18, 0.14, 0.10, 0.10, 0.10, 0.12, 0.22, 0.45, 0.72, 0.88, 0.92, 0.92,
+         0.88, 0.80, 0.72, 0.70, 0.72, 0.74, 0.72, 0.66, 0.55, 0.42, 0.30, 0.20),
+    ),
 }
+# fmt: on
+_PATTERN_OF: dict[Character, Pattern] = {
+    "centre": "business",
+    "residential": "residential",
+    "industrial": "industrial",
+}
+# Derb Sultan is the city's great market district.
+_MARKET_ZONES = frozenset({"derb-sultan"})
+# Mean stay in hours: commuters and shoppers in the centre, residents overnight.
+_STAY_H: dict[Pattern, float] = {
+    "business": 1.5,
+    "residential": 6.0,
+    "industrial": 4.0,
+    "market": 1.0,
+}
+# Days differ (weather, events, holidays) and so do parts of days: the target of every spot of
+# a zone is scaled by a factor drawn per local day and per four-hour block of it.
+_DAY_NOISE = 0.07
+_BLOCK_NOISE = 0.06
+_BLOCK_H = 4
+# The arrival rate follows the hour: a free spot's wait is drawn afresh every step (memoryless,
+# so this is exact for a rate held constant over each step).
+_RATE_STEP_H = 0.25
+_MAX_RATE_STEPS = 4 * 24 * 21
 _CATEGORY_USE = {"standard": 1.0, "disabled": 0.6, "delivery": 0.5, "ev_charging": 0.7}
 _CATEGORY_STAY = {"standard": 1.0, "disabled": 1.0, "delivery": 0.2, "ev_charging": 1.3}
+
+
+def parking_pattern(zone: str) -> Pattern:
+    """The weekly parking pattern of a zone: business, residential, industrial or market."""
+    if zone in _MARKET_ZONES:
+        return "market"
+    return _PATTERN_OF[_character(zone)]
+
+
+def typical_occupancy(pattern: Pattern, ts: datetime) -> float:
+    """The share of time a spot of ``pattern`` is taken at ``ts`` in a typical week."""
+    local = ts.astimezone(UTC) + LOCAL_OFFSET
+    weekday = local.weekday()
+    day = {4: _FRIDAY, 5: _SATURDAY, 6: _SUNDAY}.get(weekday, _WEEKDAY)
+    curve = _WEEK_CURVES[pattern][day]
+    hour = local.hour + local.minute / 60
+    # Between hour centres, across midnight into the next day's curve.
+    position = hour - 0.5
+    first = math.floor(position)
+    weight = position - first
+    if first < 0:
+        previous = _WEEK_CURVES[pattern][
+            {0: _SUNDAY, 5: _FRIDAY, 6: _SATURDAY}.get(weekday, _WEEKDAY)
+        ]
+        before, after = previous[23], curve[0]
+    elif first >= 23:
+        following = {3: _FRIDAY, 4: _SATURDAY, 5: _SUNDAY}.get(weekday, _WEEKDAY)
+        before, after = curve[23], _WEEK_CURVES[pattern][following][0]
+    else:
+        before, after = curve[first], curve[first + 1]
+    return before * (1 - weight) + after * weight
+
+
+@cache
+def _zone_factor(zone: str, day: int, block: int) -> float:
+    """The day's and the block's factor on a zone's occupancy, the same for every spot."""
+    daily = random.Random(f"{zone}/{day}").gauss(1.0, _DAY_NOISE)
+    part = random.Random(f"{zone}/{day}/{block}").gauss(1.0, _BLOCK_NOISE)
+    return max(0.6, min(1.4, daily * part))
+
+
+def zone_factor(zone: str, ts: datetime) -> float:
+    """How much busier than typical the zone is at ``ts`` (1.0: typical)."""
+    local = ts.astimezone(UTC) + LOCAL_OFFSET
+    day = local.toordinal()
+    return _zone_factor(zone, day, local.hour // _BLOCK_H)
 
 
 def local_hours(ts: datetime) -> float:
@@ -134,7 +251,7 @@ class ContainerModel:
 
 @dataclass(slots=True)
 class SpotModel:
-    """A spot as a two-state process whose arrival rate follows the time of day."""
+    """A spot as a two-state process whose arrival rate follows its zone's week."""
 
     spot: Spot
     occupied: bool
@@ -142,39 +259,46 @@ class SpotModel:
     stay_h: float
     battery: float
     change_at: datetime
+    pattern: Pattern = "business"
 
     @classmethod
     def start(cls, spot: Spot, at: datetime, rng: random.Random) -> SpotModel:
         """A spot at ``at``, occupied with the probability its zone and hour give."""
-        *_, stay = _PARKING[_character(spot.zone)]
+        pattern = parking_pattern(spot.zone)
         model = cls(
             spot=spot,
             occupied=False,
             use=_CATEGORY_USE.get(spot.category, 1.0) * rng.uniform(0.85, 1.1),
-            stay_h=stay * _CATEGORY_STAY.get(spot.category, 1.0),
+            stay_h=_STAY_H[pattern] * _CATEGORY_STAY.get(spot.category, 1.0),
             battery=rng.uniform(60, 100),
             change_at=at,
+            pattern=pattern,
         )
         model.occupied = rng.random() < model.target_occupancy(at)
         model.change_at = model.next_change(at, rng)
         return model
 
     def target_occupancy(self, at: datetime) -> float:
-        """The share of time such a spot is taken at this hour."""
-        mean, swing, peak, _ = _PARKING[_character(self.spot.zone)]
-        level = mean + swing * math.cos(_OMEGA * (local_hours(at) - peak))
-        return min(0.95, max(0.05, level * self.use))
+        """The share of time such a spot is taken at this moment."""
+        level = typical_occupancy(self.pattern, at) * zone_factor(self.spot.zone, at)
+        return min(0.97, max(0.03, level * self.use))
 
     def next_change(self, at: datetime, rng: random.Random) -> datetime:
         """When the car leaves, or the next one arrives, counting from ``at``."""
         departure_per_h = 1 / self.stay_h
         if self.occupied:
-            rate = departure_per_h
-        else:
-            # Chosen so that, held at this hour, the spot is occupied target_occupancy of the time.
-            p = self.target_occupancy(at)
-            rate = departure_per_h * p / (1 - p)
-        return at + rng.expovariate(rate) * _HOUR
+            return at + rng.expovariate(departure_per_h) * _HOUR
+        # Chosen so that, held at this hour, the spot is occupied target_occupancy of the time;
+        # drawn step by step, so that the morning rush arrives in the morning.
+        step = timedelta(hours=_RATE_STEP_H)
+        t = at
+        for _ in range(_MAX_RATE_STEPS):
+            p = self.target_occupancy(t)
+            wait_h = rng.expovariate(departure_per_h * p / (1 - p))
+            if wait_h <= _RATE_STEP_H:
+                return t + wait_h * _HOUR
+            t += step
+        return t
 
     def advance(self, to: datetime, rng: random.Random) -> bool:
         """Apply the change due by ``to``, if any; whether the state changed."""

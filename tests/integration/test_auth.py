@@ -55,6 +55,8 @@ EXAMPLES: dict[tuple[str, str], Call] = {
     ("GET", "/v1/zones/{zone}"): Call("/v1/zones/maarif"),
     ("GET", "/v1/zones/{zone}/occupancy"): Call("/v1/zones/anfa/occupancy"),
     ("GET", "/v1/zones/{zone}/occupancy/week"): Call("/v1/zones/anfa/occupancy/week"),
+    ("GET", "/v1/zones/{zone}/parking/forecast"): Call("/v1/zones/anfa/parking/forecast"),
+    ("GET", "/v1/zones/{zone}/waste/kpis"): Call("/v1/zones/anfa/waste/kpis"),
     ("GET", "/v1/devices/attention"): Call("/v1/devices/attention"),
     ("GET", "/v1/dead-letters"): Call("/v1/dead-letters"),
     ("GET", "/v1/dead-letters/{letter_id}"): Call("/v1/dead-letters/{letter}"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -14,8 +15,9 @@ from citytel.domain import DEFAULT_GATEWAY, DeviceKind, ParkingReading, WasteRea
 from citytel.errors import RejectedMessage
 from citytel.formats.native import ParkingPayload, WastePayload, decode_native
 from citytel.formats.topics import parse_native_topic
+from simulators.city import SpotModel, parking_pattern
 from simulators.faults import FAULTS, TOPIC_FAULTS
-from simulators.fleet import Fleet, generate_fleet
+from simulators.fleet import Fleet, Spot, generate_fleet
 from simulators.stream import SimulatedMessage, StreamConfig, ground_truth, history_for, simulate
 
 START = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
@@ -199,3 +201,44 @@ def test_naive_start_is_refused(fleet: Fleet) -> None:
     """A start without a time zone is refused."""
     with pytest.raises(ValueError, match="timezone-aware"):
         simulate(fleet, START.replace(tzinfo=None), StreamConfig())
+
+
+def occupied_share(zone: str, moments: list[datetime], spots: int = 60) -> list[float]:
+    """The share of ``spots`` simulated spots of ``zone`` taken at each of ``moments``."""
+    rng = random.Random(5)
+    start = moments[0] - timedelta(days=1)
+    models = [
+        SpotModel.start(Spot(f"S-{i}", zone, 0, 0, "standard"), start, rng) for i in range(spots)
+    ]
+    shares = []
+    for moment in moments:
+        for model in models:
+            while model.change_at <= moment:
+                model.advance(model.change_at, rng)
+        shares.append(sum(m.occupied for m in models) / spots)
+    return shares
+
+
+def test_parking_follows_the_week_of_its_kind_of_zone() -> None:
+    """Business districts fill on weekday mornings and empty at night and on Sunday; residential
+    streets do the opposite; industrial zones sleep at the weekend."""
+    monday = datetime(2026, 3, 2, tzinfo=UTC)  # local time is UTC+1
+    moments = [
+        monday + timedelta(hours=2),  # Monday 03:00
+        monday + timedelta(hours=10),  # Monday 11:00
+        monday + timedelta(days=6, hours=10),  # Sunday 11:00
+    ]
+    assert {parking_pattern(z) for z in ("maarif", "anfa", "ain-sebaa", "derb-sultan")} == {
+        "business",
+        "residential",
+        "industrial",
+        "market",
+    }
+    night, weekday, sunday = occupied_share("maarif", moments)
+    assert weekday > night + 0.4
+    assert weekday > sunday + 0.25
+    night, weekday, sunday = occupied_share("anfa", moments)
+    assert night > weekday + 0.2
+    assert sunday > weekday + 0.1
+    _, weekday, sunday = occupied_share("ain-sebaa", moments)
+    assert weekday > sunday + 0.5

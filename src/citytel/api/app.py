@@ -247,6 +247,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.include_router(collection.router)
     app.include_router(parking.router)
     app.include_router(zones.router)
+    app.include_router(zones.parking_router)
     app.include_router(devices.router)
     app.include_router(dead_letters.router)
     app.include_router(keys.router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
@@ -174,6 +174,12 @@ class OccupancyBucket(BaseModel):
     )
     spots_reporting: int = Field(description="spots with at least one reading in the bucket")
     readings: int
+    arrivals: int = Field(
+        description="vehicles that parked: readings saying occupied after one saying free"
+    )
+    turnover: float = Field(
+        description="arrivals per parking spot of the zone (vehicles per spot in the bucket)"
+    )
 
 
 class ZoneOccupancy(BaseModel):
@@ -184,6 +190,56 @@ class ZoneOccupancy(BaseModel):
     end: datetime = Field(serialization_alias="to")
     bucket: str
     buckets: list[OccupancyBucket]
+
+
+class ForecastPointPublic(BaseModel):
+    """A zone's expected parking at one moment ahead."""
+
+    ts: datetime
+    hours_ahead: float
+    occupied_ratio: float = Field(description="expected share of the known spots occupied")
+    typical_occupied_ratio: float | None = Field(
+        description="the typical week's ratio at that moment (none without history there)"
+    )
+    free_spots: float = Field(description="free spots expected among the known spots")
+
+
+class ParkingForecast(BaseModel):
+    """Free spots a zone should have over the next hours."""
+
+    zone: str
+    as_of: datetime
+    weeks: int = Field(description="past weeks the typical week is taken over")
+    time_zone: str
+    decay_hours: float = Field(description="how fast today's deviation fades toward the profile")
+    spots_total: int
+    spots_known: int = Field(description="spots with a reading in the last day")
+    spots_free: int = Field(description="free spots now")
+    points: list[ForecastPointPublic]
+
+
+class WasteDay(BaseModel):
+    """A zone's waste service on one local day."""
+
+    day: date
+    containers_reporting: int
+    collections: int = Field(description="emptyings detected: a drop of more than 15 points")
+    overflow_hours: float = Field(
+        description="container-hours at 100 %: a reading holds until the next (24 h at most)"
+    )
+    mean_fill_at_collection_pct: float | None = Field(
+        description="mean fill of the reading before each emptying"
+    )
+
+
+class WasteKpis(BaseModel):
+    """A zone's waste KPIs per day."""
+
+    zone: str
+    start: date = Field(serialization_alias="from")
+    end: date = Field(serialization_alias="to")
+    time_zone: str
+    days: list[WasteDay]
 
 
 class WeekHour(BaseModel):

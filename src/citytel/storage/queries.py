@@ -211,6 +211,116 @@ ZONE_WEEK = {
     name: _ZONE_WEEK.format(source=parking) for name, (_, parking) in _HISTORY_SOURCES.items()
 }
 
+# Arrivals per bucket in a zone: readings that say occupied where the spot's reading before said
+# free (parking turnover counts vehicles parked, and each is one free-to-occupied transition).
+# The reading before a spot's first one in the range is looked up at most $5 back, so an arrival
+# at the very start of the range counts too. From the raw readings: a transition needs each
+# reading in order, which no sum or count of an aggregate keeps.
+ZONE_ARRIVALS = """
+WITH zone_spots AS (
+    SELECT id FROM parking_spots WHERE zone = $1
+), ordered AS (
+    SELECT s.id AS spot_id, before.ts, before.occupied
+    FROM zone_spots s
+    CROSS JOIN LATERAL (
+        SELECT p.ts, p.occupied FROM parking_readings p
+        WHERE p.spot_id = s.id AND p.ts < $2 AND p.ts >= $2 - $5::interval
+        ORDER BY p.ts DESC LIMIT 1
+    ) before
+    UNION ALL
+    SELECT p.spot_id, p.ts, p.occupied
+    FROM parking_readings p
+    JOIN zone_spots s ON s.id = p.spot_id
+    WHERE p.ts >= $2 AND p.ts < $3
+), steps AS (
+    SELECT ts, occupied, lag(occupied) OVER (PARTITION BY spot_id ORDER BY ts) AS was_occupied
+    FROM ordered
+)
+SELECT date_bin($4::interval, ts, TIMESTAMPTZ '2000-01-01') AS ts, count(*) AS arrivals
+FROM steps
+WHERE ts >= $2 AND occupied AND NOT was_occupied
+GROUP BY 1
+ORDER BY 1
+"""
+
+# A zone's spots as they stood at $2: each spot's last reading at or before $2, if it is at most
+# $3 old (older: the state is unknown). The parking forecast starts from this.
+ZONE_PARKING_AT = """
+SELECT count(*) AS spots_total,
+       count(r.occupied) AS spots_known,
+       count(*) FILTER (WHERE NOT r.occupied) AS spots_free
+FROM parking_spots s
+LEFT JOIN LATERAL (
+    SELECT p.occupied FROM parking_readings p
+    WHERE p.spot_id = s.id AND p.ts <= $2 AND p.ts > $2 - $3::interval
+    ORDER BY p.ts DESC LIMIT 1
+) r ON true
+WHERE s.zone = $1
+"""
+
+# Waste KPIs of a zone per local day (time zone $4) in [$2, $3), both local midnights:
+# - a collection is a reading more than $5 points below the container's reading before it
+#   (citytel.collection.EMPTIED_DROP_PCT), on the day of that lower reading; the fill at
+#   collection is the reading before it;
+# - overflow time: a reading at 100 % holds from its time until the container's next reading,
+#   at most $6 later and never past $3 or now, split at local midnights.
+# The reading before the range (at most $6 back) is looked up, so that a collection or an
+# overflow running across the start of the range counts.
+ZONE_WASTE_KPIS = """
+WITH zone_containers AS (
+    SELECT id FROM containers WHERE zone = $1
+), ordered AS (
+    SELECT c.id AS container_id, before.ts, before.fill_pct
+    FROM zone_containers c
+    CROSS JOIN LATERAL (
+        SELECT w.ts, w.fill_pct FROM waste_readings w
+        WHERE w.container_id = c.id AND w.ts < $2 AND w.ts >= $2 - $6::interval
+        ORDER BY w.ts DESC LIMIT 1
+    ) before
+    UNION ALL
+    SELECT w.container_id, w.ts, w.fill_pct
+    FROM waste_readings w
+    JOIN zone_containers c ON c.id = w.container_id
+    WHERE w.ts >= $2 AND w.ts < $3
+), steps AS (
+    SELECT container_id, ts, fill_pct,
+           lag(fill_pct) OVER w AS fill_before,
+           greatest(ts, least(lead(ts) OVER w, ts + $6::interval, $3, now())) AS held_until
+    FROM ordered
+    WINDOW w AS (PARTITION BY container_id ORDER BY ts)
+), pieces AS (
+    SELECT s.container_id, s.fill_pct, s.fill_before, day,
+           s.ts >= day AT TIME ZONE $4 AS reading_that_day,
+           least(s.held_until, (day + INTERVAL '1 day') AT TIME ZONE $4)
+               - greatest(s.ts, day AT TIME ZONE $4) AS held
+    FROM steps s
+    CROSS JOIN LATERAL generate_series(
+        date_trunc('day', s.ts AT TIME ZONE $4), s.held_until AT TIME ZONE $4, INTERVAL '1 day'
+    ) day
+), per_day AS (
+    SELECT day,
+           count(DISTINCT container_id) FILTER (WHERE reading_that_day) AS containers_reporting,
+           count(*) FILTER (WHERE reading_that_day AND fill_pct < fill_before - $5)
+               AS collections,
+           avg(fill_before) FILTER (WHERE reading_that_day AND fill_pct < fill_before - $5)
+               AS mean_fill_at_collection_pct,
+           sum(extract(epoch FROM held)) FILTER (WHERE fill_pct >= 100 AND held > INTERVAL '0')
+               / 3600 AS overflow_hours
+    FROM pieces
+    GROUP BY day
+)
+SELECT d::date AS day,
+       coalesce(p.containers_reporting, 0) AS containers_reporting,
+       coalesce(p.collections, 0) AS collections,
+       coalesce(p.overflow_hours, 0)::float8 AS overflow_hours,
+       p.mean_fill_at_collection_pct::float8 AS mean_fill_at_collection_pct
+FROM generate_series($2 AT TIME ZONE $4, $3 AT TIME ZONE $4 - INTERVAL '1 day', INTERVAL '1 day') d
+LEFT JOIN per_day p ON p.day = d
+ORDER BY d
+"""
+
+ZONE_CONTAINER_COUNT = "SELECT count(*) FROM containers WHERE zone = $1"
+
 # The aggregates exist where migrations/0009_history_aggregates.sql was applied (TimescaleDB).
 HAS_AGGREGATES = "SELECT to_regclass('public.waste_fill_daily') IS NOT NULL"
 
@@ -569,6 +679,92 @@ async def zone_occupancy(
         if await conn.fetchval(ZONE_SPOT_COUNT, zone) == 0:
             raise NotFoundError(what="parking zone", key=zone)
         return await _history(conn, ZONE_OCCUPANCY, zone, start, end, bucket)
+
+
+async def zone_arrivals(
+    pool: asyncpg.Pool,
+    zone: str,
+    *,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+    look_back: timedelta,
+) -> tuple[dict[datetime, int], int]:
+    """A zone's arrivals (free-to-occupied transitions) per bucket in ``[start, end)``, each
+    spot's reading before ``start`` looked up at most ``look_back`` earlier; and its spot count."""
+    async with connection(pool) as conn:
+        spots = int(await conn.fetchval(ZONE_SPOT_COUNT, zone))
+        rows = await conn.fetch(ZONE_ARRIVALS, zone, start, end, bucket, look_back)
+    return {r["ts"]: int(r["arrivals"]) for r in rows}, spots
+
+
+@dataclass(frozen=True)
+class ParkingAt:
+    """A zone's spots as they stood at one moment, and its typical week up to that moment."""
+
+    spots_total: int
+    spots_known: int
+    spots_free: int
+    week: list[asyncpg.Record]
+
+
+async def zone_parking_at(
+    pool: asyncpg.Pool,
+    zone: str,
+    *,
+    at: datetime,
+    max_age: timedelta,
+    weeks: int,
+    time_zone: str,
+) -> ParkingAt:
+    """What the parking forecast of a zone at ``at`` starts from: each spot's last state at most
+    ``max_age`` old, and the hour-of-week occupancy over the ``weeks`` whole weeks of hours
+    before ``at`` (see ZONE_WEEK).
+
+    Raises:
+        NotFoundError: the zone has no parking spot.
+    """
+    end = at.replace(minute=0, second=0, microsecond=0)
+    async with connection(pool) as conn:
+        state = await conn.fetchrow(ZONE_PARKING_AT, zone, at, max_age)
+        assert state is not None  # noqa: S101 - an aggregate without GROUP BY returns one row
+        if state["spots_total"] == 0:
+            raise NotFoundError(what="parking zone", key=zone)
+        aggregates = bool(await conn.fetchval(HAS_AGGREGATES))
+        start = end - timedelta(weeks=weeks)
+        hour = timedelta(hours=1)
+        source = history_source(start=start, end=end, bucket=hour, aggregates=aggregates)
+        week = await conn.fetch(ZONE_WEEK[source], zone, start, end, time_zone)
+    return ParkingAt(
+        spots_total=int(state["spots_total"]),
+        spots_known=int(state["spots_known"]),
+        spots_free=int(state["spots_free"]),
+        week=week,
+    )
+
+
+async def zone_waste_kpis(
+    pool: asyncpg.Pool,
+    zone: str,
+    *,
+    start: datetime,
+    end: datetime,
+    time_zone: str,
+    emptied_drop_pct: float,
+    max_hold: timedelta,
+) -> list[asyncpg.Record]:
+    """A zone's waste KPIs per local day in ``[start, end)`` (local midnights): collections,
+    overflow hours, mean fill at collection (see ZONE_WASTE_KPIS).
+
+    Raises:
+        NotFoundError: the zone has no container.
+    """
+    async with connection(pool) as conn:
+        if await conn.fetchval(ZONE_CONTAINER_COUNT, zone) == 0:
+            raise NotFoundError(what="waste zone", key=zone)
+        return await conn.fetch(
+            ZONE_WASTE_KPIS, zone, start, end, time_zone, emptied_drop_pct, max_hold
+        )
 
 
 async def zone_week(
