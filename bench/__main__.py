@@ -4,7 +4,9 @@
     python -m bench --quick    # smoke run: 20,000 readings, 10 s steady, 5 s per API load
 
 It starts its own Mosquitto (the project's ``deploy/mosquitto.conf``), its own PostgreSQL
-cluster and, for the JetStream drain, its own ``nats-server`` on free ports on 127.0.0.1, imports
+cluster (TimescaleDB preloaded when installed), a second one without TimescaleDB for the store
+comparisons (history, storage) and, for the JetStream drain, its own ``nats-server`` on free
+ports on 127.0.0.1, imports
 a generated fleet of 50,000 spots and 20,000 containers, runs every scenario with its baseline,
 and stops everything on exit. The summary is printed and written to
 ``bench/results/latest.json``, the chart to ``bench/results/``.
@@ -26,7 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, drain, history, jetstream_drain, profile, push, report, steady
+from bench import (
+    api_load,
+    drain,
+    history,
+    jetstream_drain,
+    profile,
+    push,
+    report,
+    steady,
+    storage,
+)
 from bench.database import import_fleet
 from bench.load import build_workload
 from bench.services import REPO, Services
@@ -50,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["drain", "jetstream", "steady", "api", "profile", "history", "push"],
+        choices=["drain", "jetstream", "steady", "api", "profile", "history", "push", "storage"],
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -65,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--push-rate", type=float, help="push: readings/s beside them (default 5000, quick 1000)"
+    )
+    parser.add_argument(
+        "--storage-weeks",
+        type=int,
+        help="storage: weeks of the fleet's readings generated on each store (default 4, quick 1;"
+        " 52 is a year)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
@@ -90,6 +108,7 @@ def _machine(services: Services) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "postgresql": services.cluster.version,
+        "store": services.cluster.store,
         "mosquitto": _version(["mosquitto", "-h"]).removeprefix("mosquitto version "),
         "http_load_client": "wrk" if shutil.which("wrk") else "python-asyncio",
     }
@@ -100,7 +119,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = args.messages or (20_000 if args.quick else 200_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
-    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile", "history", "push"])
+    only = set(
+        args.only
+        or ["drain", "jetstream", "steady", "api", "profile", "history", "push", "storage"]
+    )
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
     push_rate = args.push_rate or (1000.0 if args.quick else 5000.0)
     push_clients = args.push_clients or (100 if args.quick else 1000)
@@ -173,6 +195,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "history" in only:
             log.info("history: 90 days of readings, from the aggregates and from the raw tables")
             summary["history"] = history.run(services)
+        if "storage" in only:
+            weeks = args.storage_weeks or (1 if args.quick else 4)
+            log.info("storage: %d weeks of a city's readings on each store, and a drain", weeks)
+            summary["storage"] = storage.run(
+                services,
+                workload,
+                weeks=weeks,
+                count=count,
+                rounds=1 if args.quick else 2,
+                publishers=args.publishers,
+            )
     summary["targets"] = report.verdicts(summary)
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     return summary
