@@ -45,6 +45,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bench import drain
 from bench.database import connect, import_fleet
@@ -61,27 +62,27 @@ _TABLES = ("waste_readings", "parking_readings")
 # Each container's daily fill rate: by waste kind (glass, recyclable, organic, mixed), times its
 # own factor, busy sites (8 in 100) two to three times faster; its night round's local hour; its
 # minute of the hour; its battery.
-_CONTAINER_MODELS = """
+_CONTAINER_MODELS = sql.SQL("""
 CREATE TEMP TABLE bench_containers AS
 SELECT 'CAS-WC-' || lpad(n::text, 5, '0') AS id,
-       (CASE n %% 10 WHEN 0 THEN 12 WHEN 1 THEN 30 WHEN 2 THEN 60 ELSE 55 END)
+       (CASE n % 10 WHEN 0 THEN 12 WHEN 1 THEN 30 WHEN 2 THEN 60 ELSE 55 END)
          * (0.7 + 0.6 * random())
          * (CASE WHEN random() < 0.08 THEN 2 + random() ELSE 1 END) AS daily_pct,
-       21 + (n %% 6) * 0.75 + 1.5 * random() AS round_h,
+       21 + (n % 6) * 0.75 + 1.5 * random() AS round_h,
        3590 * random() AS minute_s,
        55 + 45 * random() AS battery0,
        (0.3 + 0.7 * random()) / 24 AS drain_per_h
-FROM generate_series(1, %(containers)s) n
-"""
+FROM generate_series(1, {count}) n
+""")
 
-_SPOT_MODELS = """
+_SPOT_MODELS = sql.SQL("""
 CREATE TEMP TABLE bench_spots AS
 SELECT 'CAS-PS-' || lpad(n::text, 5, '0') AS id,
        2 * (2 + floor(9 * random()))::int AS changes_per_day,
        (random() < 0.5)::int AS occupied_at_night,
        60 + 40 * random() AS battery0
-FROM generate_series(1, %(spots)s) n
-"""
+FROM generate_series(1, {count}) n
+""")
 
 # One day of hourly readings. Hours are local (UTC+1, as the simulator's); ``since_h`` is the
 # time since the container's last night round, whose cycle number seeds the level it was emptied
@@ -136,9 +137,7 @@ FROM (
 ORDER BY ts
 """
 
-_HYPERTABLE_SIZE = (
-    "SELECT table_bytes, index_bytes, toast_bytes, total_bytes FROM hypertable_detailed_size(%s)"
-)
+_HYPERTABLE_SIZE = "SELECT table_bytes, index_bytes, toast_bytes, total_bytes FROM hypertable_detailed_size(%s::regclass)"
 _TABLE_SIZE = (
     "SELECT pg_relation_size(%(t)s::regclass) + pg_relation_size(%(t)s::regclass, 'fsm')"
     " + pg_relation_size(%(t)s::regclass, 'vm'),"
@@ -151,6 +150,13 @@ _AGGREGATES = (
     "SELECT view_name, hypertable_size(format('%I.%I', materialization_hypertable_schema,"
     " materialization_hypertable_name)::regclass)"
     " FROM timescaledb_information.continuous_aggregates ORDER BY view_name"
+)
+_CHUNKS = "SELECT count(*) FROM show_chunks(%s::regclass)"
+_COMPRESS = "SELECT count(compress_chunk(c)) FROM show_chunks(%s::regclass) c"
+# TimescaleDB's own account of the compressed chunks, as a check on the sizes measured.
+_COMPRESSION_STATS = (
+    "SELECT total_chunks, number_compressed_chunks, before_compression_total_bytes,"
+    " after_compression_total_bytes FROM hypertable_compression_stats(%s::regclass)"
 )
 _PAUSE_JOBS = (
     "SELECT count(alter_job(job_id, scheduled => false)) FROM timescaledb_information.jobs"
@@ -199,8 +205,9 @@ def _generate(
     conn: psycopg.Connection[tuple[Any, ...]], start: datetime, weeks: int
 ) -> tuple[dict[str, int], float]:
     conn.execute("SELECT setseed(0.2026)")
-    conn.execute(_CONTAINER_MODELS, {"containers": CONTAINERS})
-    conn.execute(_SPOT_MODELS, {"spots": SPOTS})
+    # A utility statement (CREATE TABLE AS) takes no parameters: the counts are literals.
+    conn.execute(_CONTAINER_MODELS.format(count=sql.Literal(CONTAINERS)))
+    conn.execute(_SPOT_MODELS.format(count=sql.Literal(SPOTS)))
     conn.execute("SET work_mem = '256MB'")
     started = time.perf_counter()
     for index in range(weeks * 7):
@@ -227,7 +234,9 @@ def _footprint_timescaledb(url: str, start: datetime, weeks: int) -> dict[str, A
         by_table = {t: rows[t.removesuffix("_readings")] for t in _TABLES}
         chunks = {}
         for table in _TABLES:
-            found = conn.execute("SELECT count(*) FROM show_chunks(%s)", (table,)).fetchone()
+            found = conn.execute(
+                "SELECT count(*) FROM show_chunks(%s::regclass)", (table,)
+            ).fetchone()
             chunks[table] = int(found[0]) if found else 0
         before = {t: _sizes(conn, t, hypertable=True) for t in _TABLES}
         started = time.perf_counter()
@@ -239,9 +248,16 @@ def _footprint_timescaledb(url: str, start: datetime, weeks: int) -> dict[str, A
         aggregates = {str(v): int(b) for v, b in conn.execute(_AGGREGATES).fetchall()}
         started = time.perf_counter()
         for table in _TABLES:
-            conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks(%s) c", (table,))
+            conn.execute(
+                "SELECT count(compress_chunk(c)) FROM show_chunks(%s::regclass) c", (table,)
+            )
         compress_s = time.perf_counter() - started
         after = {t: _sizes(conn, t, hypertable=True) for t in _TABLES}
+        stats = {}
+        for table in _TABLES:
+            row = conn.execute(_COMPRESSION_STATS, (table,)).fetchone()
+            names = ("chunks", "compressed_chunks", "before_bytes", "after_bytes")
+            stats[table] = dict(zip(names, row or (), strict=False))
     before_total = sum(s["total_bytes"] for s in before.values())
     after_total = sum(s["total_bytes"] for s in after.values())
     return {
@@ -252,6 +268,7 @@ def _footprint_timescaledb(url: str, start: datetime, weeks: int) -> dict[str, A
         "uncompressed": _per_reading(before, by_table),
         "compressed": _per_reading(after, by_table),
         "compress_s": round(compress_s, 1),
+        "compression_stats": stats,
         "compression_ratio": round(before_total / after_total, 1),
         "saved_pct": round(100 * (1 - after_total / before_total), 1),
         "aggregates": {
