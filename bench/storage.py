@@ -137,7 +137,10 @@ FROM (
 ORDER BY ts
 """
 
-_HYPERTABLE_SIZE = "SELECT table_bytes, index_bytes, toast_bytes, total_bytes FROM hypertable_detailed_size(%s::regclass)"
+_HYPERTABLE_SIZE = (
+    "SELECT table_bytes, index_bytes, toast_bytes, total_bytes"
+    " FROM hypertable_detailed_size(%s::regclass)"
+)
 _TABLE_SIZE = (
     "SELECT pg_relation_size(%(t)s::regclass) + pg_relation_size(%(t)s::regclass, 'fsm')"
     " + pg_relation_size(%(t)s::regclass, 'vm'),"
