@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--storage-weeks",
         type=int,
-        help="storage: weeks of the fleet's readings generated on each store (default 4, quick 1;"
+        help="storage: weeks of the fleet's readings generated on each store (default 2, quick 1;"
         " 52 is a year)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("history: 90 days of readings, from the aggregates and from the raw tables")
             summary["history"] = history.run(services)
         if "storage" in only:
-            weeks = args.storage_weeks or (1 if args.quick else 4)
+            weeks = args.storage_weeks or (1 if args.quick else 2)
             log.info("storage: %d weeks of a city's readings on each store, and a drain", weeks)
             summary["storage"] = storage.run(
                 services,

@@ -20,7 +20,7 @@ The window is whole weeks ending at the last chunk boundary before now, so that 
 chunk is full: a chunk holds the same rows whether the history is 4 weeks or 52 long, so the
 bytes per reading measured on a few full weeks are those of a year (the indexes are per chunk on
 TimescaleDB; on plain PostgreSQL one B-tree grows with the table, by the same bytes per entry).
-The default is 4 weeks (``--storage-weeks``; 52 is the year itself, about ten times longer);
+The default is 2 weeks (``--storage-weeks``; 1 with ``--quick``; 52 is the year itself);
 the summary gives the readings of a full year and the bytes they would take.
 
 On TimescaleDB the sizes are ``hypertable_detailed_size`` (table, indexes, TOAST: every chunk)
@@ -162,7 +162,7 @@ _COMPRESSION_STATS = (
     " after_compression_total_bytes FROM hypertable_compression_stats(%s::regclass)"
 )
 _PAUSE_JOBS = (
-    "SELECT count(alter_job(job_id, scheduled => false)) FROM timescaledb_information.jobs"
+    "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
     " WHERE job_id >= 1000"  # the policies; TimescaleDB's own jobs have ids under 1000
 )
 
@@ -232,7 +232,7 @@ def _generate(
 
 def _footprint_timescaledb(url: str, start: datetime, weeks: int) -> dict[str, Any]:
     with connect(url) as conn:
-        conn.execute(_PAUSE_JOBS)
+        paused = len(conn.execute(_PAUSE_JOBS).fetchall())
         rows, generate_s = _generate(conn, start, weeks)
         by_table = {t: rows[t.removesuffix("_readings")] for t in _TABLES}
         chunks = {}
@@ -265,6 +265,7 @@ def _footprint_timescaledb(url: str, start: datetime, weeks: int) -> dict[str, A
     after_total = sum(s["total_bytes"] for s in after.values())
     return {
         "readings": rows,
+        "policy_jobs_paused": paused,
         "chunks": chunks,
         "generate_s": round(generate_s, 1),
         "generate_rate": round(sum(rows.values()) / generate_s),
