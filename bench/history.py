@@ -110,9 +110,9 @@ async def _run(url: str, end: datetime) -> dict[str, Any]:
 def run(services: Services) -> dict[str, Any]:
     """On each store, generate the history in a database of its own and time the answers."""
     clusters = [services.cluster]
-    plain = services.plain_cluster()
-    if plain is not services.cluster:
-        clusters.append(plain)
+    second = services.plain_cluster()
+    if second is not services.cluster:
+        clusters.append(second)
     result: dict[str, Any] = {}
     # One end for both stores, so that both generate the same readings and can be compared.
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
