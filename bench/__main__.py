@@ -4,7 +4,9 @@
     python -m bench --quick    # smoke run: 20,000 readings, 10 s steady, 5 s per API load
 
 It starts its own Mosquitto (the project's ``deploy/mosquitto.conf``), its own PostgreSQL
-cluster and, for the JetStream drain, its own ``nats-server`` on free ports on 127.0.0.1, imports
+cluster (TimescaleDB preloaded when installed), a second one without TimescaleDB for the store
+comparisons (history, storage) and, for the JetStream drain, its own ``nats-server`` on free
+ports on 127.0.0.1, imports
 a generated fleet of 50,000 spots and 20,000 containers, runs every scenario with its baseline,
 and stops everything on exit. The summary is printed and written to
 ``bench/results/latest.json``, the chart to ``bench/results/``.
@@ -38,6 +40,7 @@ from bench import (
     push,
     report,
     steady,
+    storage,
 )
 from bench.database import import_fleet
 from bench.load import build_workload
@@ -62,7 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["drain", "jetstream", "steady", "api", "profile", "history", "push", "forecast"],
+        choices=[
+            "drain",
+            "jetstream",
+            "steady",
+            "api",
+            "profile",
+            "history",
+            "push",
+            "forecast",
+            "storage",
+        ],
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -77,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--push-rate", type=float, help="push: readings/s beside them (default 5000, quick 1000)"
+    )
+    parser.add_argument(
+        "--storage-weeks",
+        type=int,
+        help="storage: weeks of the fleet's readings generated on each store (default 2, quick 1;"
+        " 52 is a year)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
@@ -102,6 +121,7 @@ def _machine(services: Services) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "postgresql": services.cluster.version,
+        "store": services.cluster.store,
         "mosquitto": _version(["mosquitto", "-h"]).removeprefix("mosquitto version "),
         "http_load_client": "wrk" if shutil.which("wrk") else "python-asyncio",
     }
@@ -138,7 +158,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
     only = set(
         args.only
-        or ["drain", "jetstream", "steady", "api", "profile", "history", "push", "forecast"]
+        or [
+            "drain",
+            "jetstream",
+            "steady",
+            "api",
+            "profile",
+            "history",
+            "push",
+            "forecast",
+            "storage",
+        ]
     )
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
     push_rate = args.push_rate or (1000.0 if args.quick else 5000.0)
@@ -148,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     # The history and the forecast write their own data straight into databases of their own.
-    needs_fleet = bool(only & {"drain", "jetstream", "steady", "api", "profile", "push"})
+    needs_fleet = bool(only & {"drain", "jetstream", "steady", "api", "profile", "push", "storage"})
     if needs_fleet:
         log.info("generating %d simulated readings", count + steady_count)
         workload = build_workload(
@@ -228,6 +258,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with partial.scenario("forecast"):
                 log.info("forecast: %d simulated weeks, backtest of the last ones", forecast.WEEKS)
                 summary["forecast"] = forecast.run(services, quick=args.quick)
+        if "storage" in only:
+            with partial.scenario("storage"):
+                weeks = args.storage_weeks or (1 if args.quick else 2)
+                log.info("storage: %d weeks of the fleet's readings on each store, a drain", weeks)
+                summary["storage"] = storage.run(
+                    services,
+                    workload,
+                    weeks=weeks,
+                    count=count,
+                    rounds=1 if args.quick else 2,
+                    publishers=args.publishers,
+                )
     summary["targets"] = report.verdicts(summary)
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     return summary

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from bench import profile
 from bench.database import dead_letters, first_received, reset, wait_for_count
 from bench.load import Workload, publish_backlog
-from bench.services import Services, cpu_seconds
+from bench.services import Services, Store, cpu_seconds
 from citytel.config import Settings
 from citytel.domain import DecodedMessage, WasteReading
 from citytel.ingest.mqtt import InboundMessage
@@ -81,17 +81,20 @@ def drain_citytel(
     workers: int,
     label: str,
     profile_to: Path | None = None,
+    store: Store | None = None,
 ) -> dict[str, Any]:
     """``workers`` real ``citytel ingest`` processes drain a backlog of ``count`` readings.
 
     The workers' sessions are created first (start, subscribe, stop), so the broker queues the
     backlog for them; the clock runs from the first message received to the moment the last
-    reading is seen committed.
+    reading is seen committed. ``store``: another database than the run's main one (one on
+    the plain-PostgreSQL cluster, say), with the same fleet imported.
     """
-    url = services.database_url
+    cluster = store.cluster if store else services.cluster
+    url = store.url if store else services.database_url
     root = f"bench/{label}"
     reset(url)
-    procs = [services.worker(root, f"bench-{label}-{i}") for i in range(workers)]
+    procs = [services.worker(root, f"bench-{label}-{i}", database_url=url) for i in range(workers)]
     for worker in procs:
         worker.start()
     for worker in procs:
@@ -99,7 +102,7 @@ def drain_citytel(
     load = publish_backlog(
         workload, port=services.broker.port, root=root, count=count, processes=publishers
     )
-    broker_cpu, pg_cpu = cpu_seconds(services.broker.pid), services.cluster.cpu_seconds()
+    broker_cpu, pg_cpu = cpu_seconds(services.broker.pid), cluster.cpu_seconds()
     spawned = time.time()
     for worker in procs:
         worker.start(wait=False)
@@ -107,7 +110,7 @@ def drain_citytel(
     try:
         seen_at, committed = wait_for_count(url, count, within=120 + count / 500)
         ingest_cpu = sum(cpu_seconds(w.pid) for w in procs)
-        pg_cpu = services.cluster.cpu_seconds() - pg_cpu
+        pg_cpu = cluster.cpu_seconds() - pg_cpu
         broker_cpu = cpu_seconds(services.broker.pid) - broker_cpu
     finally:
         for worker in procs:

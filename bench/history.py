@@ -5,8 +5,9 @@ minutes for 90 days from 100 containers, and a parking zone of 300 spots reporti
 minutes for 30 days. The aggregates are then refreshed, and two questions are timed, each with
 the very query the API runs (``citytel.storage.queries``) from the aggregate and from the raw
 readings: a 90-day hourly history of one container, and a 30-day hourly occupancy of the zone.
-Both answers are compared; the ratio of median times is printed. On plain PostgreSQL (no
-aggregates) only the raw times are measured.
+Both answers are compared; the ratio of median times is printed. The same is done in the same
+run on a plain-PostgreSQL cluster (no aggregates: only the raw times), and the plain store's
+times are compared with TimescaleDB's.
 
     python -m bench --only history
 """
@@ -60,8 +61,7 @@ async def _median_ms(conn: asyncpg.Connection, query: str, *args: Any) -> tuple[
     return round(statistics.median(times), 2), rows
 
 
-async def _run(url: str) -> dict[str, Any]:
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+async def _run(url: str, end: datetime) -> dict[str, Any]:
     conn = await asyncpg.connect(url)
     try:
         started = time.perf_counter()
@@ -94,14 +94,13 @@ async def _run(url: str) -> dict[str, Any]:
         }
         for name, (by_source, args) in questions.items():
             raw_ms, raw_rows = await _median_ms(conn, by_source["raw"], *args)
-            entry: dict[str, Any] = {"raw_ms": raw_ms, "buckets": len(raw_rows)}
+            answer = [tuple(r) for r in raw_rows]
+            entry: dict[str, Any] = {"raw_ms": raw_ms, "buckets": len(raw_rows), "answer": answer}
             if aggregates:
                 hourly_ms, hourly_rows = await _median_ms(conn, by_source["hourly"], *args)
                 entry["aggregate_ms"] = hourly_ms
                 entry["raw_over_aggregate"] = round(raw_ms / hourly_ms, 1)
-                entry["same_answer"] = [tuple(r) for r in raw_rows] == [
-                    tuple(r) for r in hourly_rows
-                ]
+                entry["same_answer"] = answer == [tuple(r) for r in hourly_rows]
             result[name] = entry
         return result
     finally:
@@ -109,6 +108,31 @@ async def _run(url: str) -> dict[str, Any]:
 
 
 def run(services: Services) -> dict[str, Any]:
-    """Generate the history in a database of its own and time both ways of answering."""
-    url = services.cluster.create_database("citytel_history")
-    return asyncio.run(_run(url))
+    """On each store, generate the history in a database of its own and time the answers."""
+    clusters = [services.cluster]
+    second = services.plain_cluster()
+    if second is not services.cluster:
+        clusters.append(second)
+    result: dict[str, Any] = {}
+    # One end for both stores, so that both generate the same readings and can be compared.
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for cluster in clusters:
+        url = cluster.create_database("citytel_history")
+        result[cluster.store] = asyncio.run(_run(url, end))
+    timescale, plain = result.get("timescaledb"), result.get("postgres")
+    if timescale and plain:
+        result["postgres_over_timescaledb"] = {
+            name: {
+                "raw_over_raw": round(plain[name]["raw_ms"] / timescale[name]["raw_ms"], 2),
+                "raw_over_aggregate": round(
+                    plain[name]["raw_ms"] / timescale[name]["aggregate_ms"], 2
+                ),
+                "same_answer": plain[name]["answer"] == timescale[name]["answer"],
+            }
+            for name in ("container_90_days_hourly", "zone_occupancy_30_days_hourly")
+        }
+    for found in result.values():
+        for entry in found.values():
+            if isinstance(entry, dict):
+                entry.pop("answer", None)
+    return result

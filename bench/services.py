@@ -187,6 +187,13 @@ class PgCluster:
     port: int
     root: Path
     bindir: Path = field(default_factory=postgres_bindir)
+    # None: preload TimescaleDB when it is installed; False: a plain PostgreSQL cluster.
+    timescaledb: bool | None = None
+
+    @property
+    def store(self) -> str:
+        """``timescaledb`` or ``postgres``: what this cluster's databases run on."""
+        return "timescaledb" if self.timescaledb else "postgres"
 
     @property
     def datadir(self) -> Path:
@@ -217,9 +224,9 @@ class PgCluster:
             self.root.chmod(0o755)
         self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         # TimescaleDB is preloaded when installed, so that the benchmark measures that store.
-        options = server_options(
-            self.port, self.datadir, timescaledb=timescaledb_installed(self.bindir)
-        )
+        if self.timescaledb is None:
+            self.timescaledb = timescaledb_installed(self.bindir)
+        options = server_options(self.port, self.datadir, timescaledb=self.timescaledb)
         options += " -c shared_buffers=256MB"
         log = str(self.root / "postgres.log")
         self._run(
@@ -245,6 +252,18 @@ class PgCluster:
         url = self.url(name)
         migrate(Settings(database_url=SecretStr(url)), database_url=url)
         return url
+
+
+@dataclass(frozen=True)
+class Store:
+    """A migrated database on one of the run's clusters: what a store comparison runs on."""
+
+    cluster: PgCluster
+    url: str
+
+    @property
+    def name(self) -> str:
+        return self.cluster.store
 
 
 class Worker:
@@ -321,6 +340,7 @@ class Services:
         self.broker = Broker(port=free_port(), workdir=self.workdir)
         self.cluster = PgCluster(port=free_port(), root=self.workdir / "pg")
         self.database_url = ""
+        self._plain: PgCluster | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Services:
@@ -339,6 +359,21 @@ class Services:
     def __exit__(self, *_exc: object) -> None:
         self._stack.close()
 
+    def plain_cluster(self) -> PgCluster:
+        """A second cluster without TimescaleDB, started on first use and stopped on exit.
+
+        The store comparisons run the same scenario on both clusters in the same run. With
+        TimescaleDB not installed, the main cluster is plain already and is returned.
+        """
+        if not self.cluster.timescaledb:
+            return self.cluster
+        if self._plain is None:
+            plain = PgCluster(port=free_port(), root=self.workdir / "pg-plain", timescaledb=False)
+            plain.start()
+            self._stack.callback(plain.stop)
+            self._plain = plain
+        return self._plain
+
     def on_exit(self, process: subprocess.Popen[bytes]) -> None:
         """Stop ``process`` (and its group) when the services stop, if still running."""
         self._stack.callback(stop_group, process)
@@ -347,10 +382,10 @@ class Services:
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def worker(self, root: str, client_id: str) -> Worker:
-        """An ingest worker on this broker and database, stopped on exit at the latest."""
+    def worker(self, root: str, client_id: str, *, database_url: str | None = None) -> Worker:
+        """An ingest worker on this broker and database (or ``database_url``), stopped on exit."""
         worker = Worker(
-            database_url=self.database_url,
+            database_url=database_url or self.database_url,
             mqtt_url=self.broker.url,
             root=root,
             client_id=client_id,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set everything up, then run the benchmark: `bash scripts/bench.sh` (full, about 8 minutes) or
+# Set everything up, then run the benchmark: `bash scripts/bench.sh` (full) or
 # `bash scripts/bench.sh --quick`; any option of `python -m bench --help` is passed on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
