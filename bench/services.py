@@ -380,6 +380,7 @@ def citytel_api(
     live_spots: bool = True,
     anonymous_parking: bool = False,
     planning: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
     within: float = 60.0,
 ) -> Iterator[str]:
     """``citytel api`` as a real process with ``workers`` workers; yields its base URL.
@@ -387,7 +388,8 @@ def citytel_api(
     ``live_spots=False`` switches the in-memory parking view off, so that every free-spot
     search is a database query: the API as it was before the view, for comparison.
     ``anonymous_parking`` opens the parking routes without a key (the key check's baseline).
-    ``planning``: api_planning_* settings, e.g. the bound off, for comparison.
+    ``planning``: api_planning_* settings, e.g. the bound off, for comparison; ``extra``: any
+    other settings (names without the prefix).
     """
     port = free_port()
     env = clean_env(
@@ -400,6 +402,7 @@ def citytel_api(
         api_anonymous_parking=str(anonymous_parking).lower(),
         log_level="WARNING",
         **(planning or {}),
+        **(extra or {}),
     )
     command = [sys.executable, "-m", "citytel", "api"]
     log = services.workdir / f"api-{workers}-{'live' if live_spots else 'db'}.log"
