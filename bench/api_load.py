@@ -485,8 +485,8 @@ def run(
         baselines = {"asyncpg": query}
         if query == "containers":
             baselines["asyncpg_page_only"] = "containers_page"
-        for key, sql in baselines.items():
-            entry[key] = _subprocess_json(
+        for name, sql in baselines.items():
+            entry[name] = _subprocess_json(
                 [
                     "db",
                     "--url",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -61,8 +62,15 @@ def _wait_for_live_view(base: str, within: float, headers: Mapping[str, str]) ->
     url = f"{base}/v1/parking/free?lat=0&lon=0"
     request = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 - our own URL
     while live < 10:  # every worker's view, most likely, with several workers
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own URL
-            live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our URL
+                live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
+        except urllib.error.HTTPError as exc:
+            message = f"{url} answered {exc.code}: {exc.read()[:500].decode(errors='replace')}"
+            raise RuntimeError(message) from exc
+        except (TimeoutError, urllib.error.URLError):
+            # A loaded machine: the first searches can take seconds; asked again until the bound.
+            live = 0
         if time.monotonic() > deadline:
             message = f"{base} did not answer from its live parking view within {within} s"
             raise TimeoutError(message)
