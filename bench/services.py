@@ -66,8 +66,11 @@ def _wait_for_live_view(base: str, within: float, headers: Mapping[str, str]) ->
             with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our URL
                 live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
         except urllib.error.HTTPError as exc:
-            message = f"{url} answered {exc.code}: {exc.read()[:500].decode(errors='replace')}"
-            raise RuntimeError(message) from exc
+            if exc.code != 503:
+                answer = exc.read()[:500].decode(errors="replace")
+                message = f"{url} answered {exc.code}: {answer}"
+                raise RuntimeError(message) from exc
+            live = 0  # the database is slow to answer on a loaded machine: asked again
         except (TimeoutError, urllib.error.URLError):
             # A loaded machine: the first searches can take seconds; asked again until the bound.
             live = 0
