@@ -8,6 +8,7 @@ stopping one also stops whatever it started.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -36,6 +37,8 @@ from tests.integration.services import (
 
 from citytel.config import Settings
 from citytel.storage.migrate import migrate
+
+log = logging.getLogger("bench")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,11 +69,12 @@ def _wait_for_live_view(base: str, within: float, headers: Mapping[str, str]) ->
             with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our URL
                 live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
         except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                answer = exc.read()[:500].decode(errors="replace")
-                message = f"{url} answered {exc.code}: {answer}"
+            answer = f"{exc.code}: {exc.read()[:500].decode(errors='replace')}"
+            if exc.code != 503 or time.monotonic() > deadline:
+                message = f"{url} answered {answer}"
                 raise RuntimeError(message) from exc
-            live = 0  # the database is slow to answer on a loaded machine: asked again
+            log.warning("%s answered %s; waiting", url, answer)
+            live = 0
         except (TimeoutError, urllib.error.URLError):
             # A loaded machine: the first searches can take seconds; asked again until the bound.
             live = 0
