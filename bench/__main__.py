@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         "containers); rounds: free-spot searches while 8 clients loop on collection rounds",
     )
     parser.add_argument(
+        "--api-profile",
+        action="store_true",
+        help="with the api scenario, also profile the API process (py-spy) under each load",
+    )
+    parser.add_argument(
         "--push-clients", type=int, help="push: SSE subscribers (default 1000, quick 100)"
     )
     parser.add_argument(
@@ -104,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         help="ingest workers without /metrics (CITYTEL_INGEST_METRICS_PORT=0)",
     )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
+    parser.add_argument(
+        "--name", help="the results file's name (default latest.json, quick.json with --quick)"
+    )
     return parser
 
 
@@ -236,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     duration=api_s,
                     warmup=2.0 if args.quick else 3.0,
                     queries=tuple(args.api_query or ("parking", "containers")),
+                    profiled=args.api_profile,
                 )
         if "push" in only:
             with partial.scenario("push"):
@@ -304,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "quick.json" if args.quick else "latest.json"
+    name = args.name or ("quick.json" if args.quick else "latest.json")
     (out / name).write_text(json.dumps(summary, indent=2) + "\n")
     try:
         report.chart(summary, out / name.replace(".json", ".png"))

@@ -35,8 +35,9 @@ from urllib.parse import urlencode, urlsplit
 
 import asyncpg
 
+from bench import profile
 from bench.database import populate_latest
-from bench.services import Services, auth_headers, citytel_api, create_api_key
+from bench.services import API_PIDS, Services, auth_headers, citytel_api, create_api_key
 from citytel.config import Settings
 from citytel.storage.queries import (
     FREE_SPOTS_NEAR_JSON,
@@ -354,6 +355,53 @@ def light_beside_heavy(
     return result
 
 
+# The container list without its answer cache (CITYTEL_API_CONTAINERS_CACHE_S=0).
+_UNCACHED = {"api_containers_cache_s": "0"}
+
+
+def profile_api(
+    services: Services,
+    paths: list[str],
+    key: str,
+    *,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    variants: dict[str, dict[str, str] | None],
+) -> dict[str, Any]:
+    """Where one API process's time goes under the same load: py-spy samples, summarised.
+
+    Separate runs from the measured ones, since sampling takes some of the machine's CPU.
+    """
+    if profile.py_spy() is None:
+        return {"skipped": "py-spy is not installed (pip install 'citytel[bench]')"}
+    result: dict[str, Any] = {}
+    for name, extra in variants.items():
+        raw = services.workdir / f"api-profile-{name}.txt"
+        with citytel_api(services, key=key, extra=extra) as base:
+            recorder = None
+            loaded: dict[str, Any] = {}
+            try:
+                recorder = profile.attach(API_PIDS[base], raw)
+                loaded = http_load(
+                    base,
+                    paths,
+                    concurrency=concurrency,
+                    warmup=warmup,
+                    duration=duration,
+                    work=services.workdir,
+                    key=key,
+                )
+            finally:
+                if recorder is not None:
+                    profile.stop(recorder)
+        if not raw.exists():
+            result[name] = {"skipped": "py-spy wrote no profile (ptrace not permitted?)"}
+            continue
+        result[name] = {"rps_under_profiler": loaded.get("rps"), **profile.summarize(raw)}
+    return result
+
+
 def run(
     services: Services,
     fleet: dict[str, Any],
@@ -363,6 +411,7 @@ def run(
     warmup: float,
     worker_counts: tuple[int, ...] = (1, 2),
     queries: tuple[str, ...] = ("parking", "containers"),
+    profiled: bool = False,
 ) -> dict[str, Any]:
     """Both endpoints through the API (1 and more workers) and straight through asyncpg."""
     work = services.workdir
@@ -387,6 +436,11 @@ def run(
             variants.append(("api_1_worker_database_view", 1, False, key))
             # Parking opened to anonymous callers: the same searches without the key check.
             variants.append(("api_1_worker_anonymous", 1, True, None))
+        settings: dict[str, dict[str, str]] = {}
+        if query == "containers":
+            # The list without its answer cache: every request a query, as before it.
+            variants.append(("api_1_worker_uncached", 1, True, key))
+            settings["api_1_worker_uncached"] = _UNCACHED
         for name, workers, live, sent in variants:
             with citytel_api(
                 services,
@@ -394,6 +448,7 @@ def run(
                 workers=workers,
                 live_spots=live,
                 anonymous_parking=sent is None,
+                extra=settings.get(name),
             ) as base:
                 entry.setdefault("sample_response", _sample(base, paths[0], key))
                 entry[name] = http_load(
@@ -405,13 +460,24 @@ def run(
                     work=work,
                     key=sent,
                 )
+        if profiled:
+            entry["profiles"] = profile_api(
+                services,
+                paths,
+                key,
+                concurrency=concurrency,
+                warmup=warmup,
+                duration=duration,
+                variants={"default": None}
+                | ({"uncached": _UNCACHED} if query == "containers" else {}),
+            )
         listing = work / f"{query}-params.json"
         listing.write_text(json.dumps(sets[query]))
         baselines = {"asyncpg": query}
         if query == "containers":
             baselines["asyncpg_page_only"] = "containers_page"
-        for key, sql in baselines.items():
-            entry[key] = _subprocess_json(
+        for name, sql in baselines.items():
+            entry[name] = _subprocess_json(
                 [
                     "db",
                     "--url",
@@ -436,6 +502,9 @@ def run(
         if "asyncpg_page_only" in entry:
             page_only = entry["asyncpg_page_only"]["rps"]
             entry["ratio_api_vs_page_only_sql_rps"] = round(api["rps"] / page_only, 3)
+        if "api_1_worker_uncached" in entry:
+            uncached = entry["api_1_worker_uncached"]["rps"]
+            entry["ratio_api_uncached_vs_asyncpg_rps"] = round(uncached / db["rps"], 3)
         if "api_2_worker" in entry:
             entry["ratio_2_workers_vs_1_rps"] = round(entry["api_2_worker"]["rps"] / api["rps"], 3)
         if "api_1_worker_database_view" in entry:

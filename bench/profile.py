@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -43,6 +44,12 @@ def attach(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
     return start_group(command, out=log)
 
 
+def stop(recorder: subprocess.Popen[bytes]) -> None:
+    """Stop sampling a process that keeps running: py-spy writes its output on an interrupt."""
+    recorder.send_signal(signal.SIGINT)
+    finish(recorder)
+
+
 def finish(recorder: subprocess.Popen[bytes]) -> None:
     """Wait for the recorder to write its output once its target has exited."""
     try:
@@ -70,6 +77,15 @@ def _frame(raw: str) -> str:
 def _area(frame: str) -> str:
     where = frame.rsplit("(", 1)[-1]
     for prefix, name in (
+        ("citytel/api/auth", "citytel API key check (api/auth.py)"),
+        ("citytel/api", "citytel API routes (api/)"),
+        ("citytel/collection", "citytel fill forecasts (collection.py)"),
+        ("fastapi/", "FastAPI (routing, dependencies, validation)"),
+        ("starlette/", "Starlette (routing, responses)"),
+        ("uvicorn/", "uvicorn (HTTP protocol)"),
+        ("httptools", "httptools (HTTP parser)"),
+        ("prometheus_client", "prometheus-client (request metrics)"),
+        ("hashlib", "hashlib"),
         ("citytel/formats", "citytel decoding (formats/)"),
         ("citytel/storage", "citytel storage (storage/)"),
         ("citytel/ingest", "citytel ingest loop and inbox (ingest/)"),

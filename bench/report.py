@@ -91,6 +91,15 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 at_least=True,
             )
         )
+    if "ratio_api_uncached_vs_asyncpg_rps" in containers:
+        out.append(
+            _verdict(
+                "the same without its answer cache (CITYTEL_API_CONTAINERS_CACHE_S=0)",
+                containers["ratio_api_uncached_vs_asyncpg_rps"],
+                TARGETS["containers_vs_sql"],
+                at_least=True,
+            )
+        )
     return out
 
 

@@ -75,6 +75,9 @@ def _wait_for_live_view(base: str, within: float, headers: Mapping[str, str]) ->
                 raise RuntimeError(message) from exc
             log.warning("%s answered %s; waiting", url, answer)
             live = 0
+        except (TimeoutError, urllib.error.URLError):
+            # A loaded machine: the first searches can take seconds; asked again until the bound.
+            live = 0
         if time.monotonic() > deadline:
             message = f"{base} did not answer from its live parking view within {within} s"
             raise TimeoutError(message)
@@ -427,6 +430,7 @@ def citytel_api(
     live_spots: bool = True,
     anonymous_parking: bool = False,
     planning: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
     within: float = 60.0,
 ) -> Iterator[str]:
     """``citytel api`` as a real process with ``workers`` workers; yields its base URL.
@@ -434,7 +438,8 @@ def citytel_api(
     ``live_spots=False`` switches the in-memory parking view off, so that every free-spot
     search is a database query: the API as it was before the view, for comparison.
     ``anonymous_parking`` opens the parking routes without a key (the key check's baseline).
-    ``planning``: api_planning_* settings, e.g. the bound off, for comparison.
+    ``planning``: api_planning_* settings, e.g. the bound off, for comparison; ``extra``: any
+    other settings (names without the prefix).
     """
     port = free_port()
     env = clean_env(
@@ -447,6 +452,7 @@ def citytel_api(
         api_anonymous_parking=str(anonymous_parking).lower(),
         log_level="WARNING",
         **(planning or {}),
+        **(extra or {}),
     )
     command = [sys.executable, "-m", "citytel", "api"]
     log = services.workdir / f"api-{workers}-{'live' if live_spots else 'db'}.log"

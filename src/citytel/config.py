@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # identical request is answered with the plan already made (src/citytel/api/planning.py).
     api_planning_concurrency: int = Field(default=1, ge=1, le=64)
     api_planning_cache_s: float = Field(default=5.0, ge=0, le=300)
+    # The container list's answers are sent again for this long to identical requests
+    # (src/citytel/api/answers.py); 0 asks the database every time.
+    api_containers_cache_s: float = Field(default=1.0, ge=0, le=60)
     # Changes pushed over Server-Sent Events (src/citytel/api/events.py).
     api_events: bool = True
     api_events_refresh_ms: int = Field(default=500, ge=10)

@@ -242,6 +242,38 @@ async def test_dispatch_list_pages_keep_their_total_and_item_shape(
         assert item == detail.json()
 
 
+async def test_dispatch_list_answers_again_within_its_cache_time(
+    fleet: Fleet, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """An identical list request within CITYTEL_API_CONTAINERS_CACHE_S gets the answer already
+    made; another question, a container deleted through the API, or a cache time of 0 ask the
+    database again."""
+    await set_fill(pool, fleet.containers[0], 90.0)
+    await set_fill(pool, fleet.containers[2], 70.0)
+    query = {"min_fill_pct": 60}
+    kept = settings.model_copy(update={"api_containers_cache_s": 60})
+    async with serve_api(kept) as api:
+        first = (await api.get("/v1/containers", params=query)).json()
+        assert [c["id"] for c in first["items"]] == [fleet.containers[0], fleet.containers[2]]
+        await set_fill(pool, fleet.containers[1], 95.0)
+        assert (await api.get("/v1/containers", params=query)).json() == first
+        other = (await api.get("/v1/containers", params={"min_fill_pct": 80})).json()
+        assert [c["id"] for c in other["items"]] == [fleet.containers[1], fleet.containers[0]]
+
+        assert (await api.delete(f"/v1/containers/{fleet.containers[2]}")).status_code == 204
+        after = (await api.get("/v1/containers", params=query)).json()
+        assert [c["id"] for c in after["items"]] == [fleet.containers[1], fleet.containers[0]]
+        assert after["total"] == 2
+
+    uncached = settings.model_copy(update={"api_containers_cache_s": 0})
+    async with serve_api(uncached) as api:
+        before = (await api.get("/v1/containers", params=query)).json()
+        await set_fill(pool, fleet.containers[3], 99.0)
+        now = (await api.get("/v1/containers", params=query)).json()
+        assert (before["total"], now["total"]) == (2, 3)
+        assert now["items"][0]["id"] == fleet.containers[3]
+
+
 async def test_container_detail_and_history(
     fleet: Fleet, pool: asyncpg.Pool, api: httpx.AsyncClient
 ) -> None:

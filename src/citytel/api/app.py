@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from citytel import __version__
+from citytel.api.answers import AnswerCache
 from citytel.api.auth import KeyChecker
 from citytel.api.deps import refuse_nul
 from citytel.api.events import ChangeFeed, EventHub
@@ -216,6 +217,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.readiness_problems = {}
     app.state.decoders = Decoders.from_settings(settings)
     app.state.key_checker = KeyChecker(settings)
+    app.state.container_answers = AnswerCache(settings.api_containers_cache_s)
     app.state.planning = PlanningGate[CollectionRound](
         settings.api_planning_concurrency, settings.api_planning_cache_s
     )

@@ -9,6 +9,7 @@ from urllib.parse import unquote
 import asyncpg
 from fastapi import Depends, Request
 
+from citytel.api.answers import AnswerCache
 from citytel.api.live_spots import LiveSpots
 from citytel.api.schemas import within_calendar
 from citytel.config import Settings
@@ -50,10 +51,17 @@ async def get_live_spots(request: Request) -> LiveSpots | None:
     return live
 
 
+async def get_container_answers(request: Request) -> AnswerCache:
+    """The container list's answers of the last moment (CITYTEL_API_CONTAINERS_CACHE_S)."""
+    answers: AnswerCache = request.app.state.container_answers
+    return answers
+
+
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 """The primary's pool: for writes, and for reads that must see them at once."""
 ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
 """For reads that may be served a replica's state (CITYTEL_DATABASE_READ_MAX_LAG_S behind)."""
+ContainerAnswersDep = Annotated[AnswerCache, Depends(get_container_answers)]
 LiveSpotsDep = Annotated[LiveSpots | None, Depends(get_live_spots)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 

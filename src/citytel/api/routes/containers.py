@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic_core import to_json
 
 from citytel.api.auth import require
-from citytel.api.deps import ReadPoolDep, require_offset
+from citytel.api.deps import ContainerAnswersDep, ReadPoolDep, require_offset
 from citytel.api.schemas import (
     BucketPublic,
     ContainerPage,
@@ -148,6 +148,7 @@ def history_range(
 @router.get("", response_model=ContainerPage)
 async def list_containers(
     pool: ReadPoolDep,
+    answers: ContainerAnswersDep,
     zone: Annotated[str | None, Query(description="only this zone")] = None,
     min_fill_pct: Annotated[
         float | None, Query(ge=0, le=100, description="only containers at least this full")
@@ -158,20 +159,27 @@ async def list_containers(
 ) -> Response:
     """Containers, fullest first, filtered by zone, fill level and bounding box."""
     box = parse_bbox(bbox) if bbox is not None else None
-    rows, total = await queries.list_containers(
-        pool, zone=zone, min_fill_pct=min_fill_pct, bbox=box, limit=limit, offset=offset
-    )
-    next_offset = offset + limit if offset + limit < total else None
-    page = {
-        "items": [container_item(r) for r in rows],
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-        "next_offset": next_offset,
-    }
-    # Encoded by pydantic-core as the models would be, without building them: FastAPI would
-    # validate the page again and then encode it in Python (response_model still documents it).
-    return Response(to_json(page), media_type="application/json")
+
+    async def page() -> bytes:
+        rows, total = await queries.list_containers(
+            pool, zone=zone, min_fill_pct=min_fill_pct, bbox=box, limit=limit, offset=offset
+        )
+        next_offset = offset + limit if offset + limit < total else None
+        # Encoded by pydantic-core as the models would be, without building them: FastAPI would
+        # validate the page again and then encode it in Python (response_model documents it).
+        return to_json(
+            {
+                "items": [container_item(r) for r in rows],
+                "total": total,
+                "limit": limit,
+                "offset": offset,
+                "next_offset": next_offset,
+            }
+        )
+
+    # Dispatch screens poll the same few questions: one query per question and moment.
+    body = await answers.answer((zone, min_fill_pct, box, limit, offset), page)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{container_id}", response_model=ContainerPublic, responses={404: {}})

@@ -14,7 +14,7 @@ import asyncpg
 from fastapi import APIRouter, Body, Path, Query
 
 from citytel.api.auth import require
-from citytel.api.deps import LiveSpotsDep, PoolDep, SettingsDep
+from citytel.api.deps import ContainerAnswersDep, LiveSpotsDep, PoolDep, SettingsDep
 from citytel.api.schemas import (
     AuditEntryPublic,
     AuditPage,
@@ -64,6 +64,7 @@ async def upload_fleet(
     pool: PoolDep,
     settings: SettingsDep,
     key: AdminKey,
+    answers: ContainerAnswersDep,
     document: Annotated[dict[str, Any], Body(description="a fleet GeoJSON FeatureCollection")],
     dry_run: bool = False,
 ) -> FleetReport:
@@ -73,6 +74,8 @@ async def upload_fleet(
         result = await provisioning.upload_fleet(pool, devices, actor=_actor(key), dry_run=dry_run)
     except ConfigurationError as exc:
         raise _refused(exc) from None
+    if not dry_run:
+        answers.forget()
     return FleetReport(**provisioning.change_report(result))
 
 
@@ -121,11 +124,14 @@ async def put_container(
     pool: PoolDep,
     settings: SettingsDep,
     key: AdminKey,
+    answers: ContainerAnswersDep,
     container_id: DeviceId,
     body: Annotated[dict[str, Any], _FEATURE],
 ) -> DeviceProvisioned:
     """Create or update a container: position, zone, size, gateway, sensor."""
-    return await _put("container", container_id, body, pool, settings, key)
+    provisioned = await _put("container", container_id, body, pool, settings, key)
+    answers.forget()
+    return provisioned
 
 
 @router.put("/v1/parking/spots/{spot_id}", response_model=DeviceProvisioned, responses={422: {}})
@@ -141,9 +147,12 @@ async def put_spot(
 
 
 @router.delete("/v1/containers/{container_id}", status_code=204, responses={404: {}})
-async def delete_container(pool: PoolDep, key: AdminKey, container_id: DeviceId) -> None:
+async def delete_container(
+    pool: PoolDep, key: AdminKey, answers: ContainerAnswersDep, container_id: DeviceId
+) -> None:
     """Remove a container with its latest state and sensor binding; its readings stay."""
     await provisioning.delete_device(pool, "container", container_id, actor=_actor(key))
+    answers.forget()
 
 
 @router.delete("/v1/parking/spots/{spot_id}", status_code=204, responses={404: {}})

@@ -171,7 +171,7 @@ async def zone_week(
     responses={404: {}},
 )
 async def zone_waste_kpis(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: str,
     start: Annotated[
         date | None, Query(alias="from", description="first day, inclusive (default: to - 7)")
@@ -228,7 +228,7 @@ async def parking_forecast(
 
 @parking_router.get("/{zone}/parking/forecast", response_model=ParkingForecast, responses={404: {}})
 async def zone_parking_forecast(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     zone: str,
     hours: Annotated[int, Query(ge=1, le=48, description="how many hours ahead")] = 6,
     weeks: Annotated[
