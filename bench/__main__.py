@@ -2,6 +2,7 @@
 
     python -m bench            # full run: 200,000-reading drains, 30 s steady, 20 s per API load
     python -m bench --quick    # smoke run: 20,000 readings, 10 s steady, 5 s per API load
+    python -m bench --only batched   # messages of 50-500 readings against COPY of the same rows
 
 It starts its own Mosquitto (the project's ``deploy/mosquitto.conf``), its own PostgreSQL
 cluster and, for the JetStream drain, its own ``nats-server`` on free ports on 127.0.0.1, imports
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, drain, history, jetstream_drain, profile, push, report, steady
+from bench import api_load, batched, drain, history, jetstream_drain, profile, push, report, steady
 from bench.database import import_fleet
 from bench.load import build_workload
 from bench.services import REPO, Services
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["drain", "jetstream", "steady", "api", "profile", "history", "push"],
+        choices=["drain", "jetstream", "batched", "steady", "api", "profile", "history", "push"],
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--push-rate", type=float, help="push: readings/s beside them (default 5000, quick 1000)"
+    )
+    parser.add_argument(
+        "--batched-readings",
+        type=int,
+        help="batched: readings in the backlog of 50-500-reading messages (default 1000000)",
+    )
+    parser.add_argument(
+        "--profile-batched", action="store_true", help="batched: record the worker with py-spy"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
@@ -100,7 +109,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = args.messages or (20_000 if args.quick else 200_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
-    only = set(args.only or ["drain", "jetstream", "steady", "api", "profile", "history", "push"])
+    only = set(
+        args.only
+        or ["drain", "jetstream", "batched", "steady", "api", "profile", "history", "push"]
+    )
+    batched_readings = args.batched_readings or (200_000 if args.quick else 1_000_000)
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
     push_rate = args.push_rate or (1000.0 if args.quick else 5000.0)
     push_clients = args.push_clients or (100 if args.quick else 1000)
@@ -135,6 +148,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "jetstream" in only:
             log.info("jetstream drain: %d readings, a bare consumer, one and two workers", count)
             summary["jetstream_drain"] = jetstream_drain.run(services, workload, count=count)
+        if "batched" in only:
+            log.info("batched: %d readings in messages of 50-500, against COPY", batched_readings)
+            summary["batched"] = _batched(services, workload, batched_readings, args)
         if "profile" in only:
             log.info("profile: a drain of %d readings under py-spy", count)
             summary["profile"] = _profile(services, workload, count, args.publishers)
@@ -194,6 +210,23 @@ def _profile(services: Services, workload: Any, count: int, publishers: int) -> 
     if not raw.exists():
         return {"skipped": "py-spy wrote no profile (ptrace not permitted?)"}
     return {"drain_rate_under_profiler": result["rate"], **profile.summarize(raw)}
+
+
+def _batched(
+    services: Services, workload: Any, readings: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    raw = services.workdir / "batched-profile.txt"
+    profiling = args.profile_batched and profile.py_spy() is not None
+    result = batched.run(
+        services,
+        workload.fleet_geojson,
+        readings=readings,
+        publishers=args.publishers,
+        profile_to=raw if profiling else None,
+    )
+    if profiling and raw.exists():
+        result["profile"] = profile.summarize(raw)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
