@@ -92,11 +92,16 @@ async def store_decoded(
             if frame in frames:
                 continue
             frames.add(frame)
-        for reading in message.readings:
-            if isinstance(reading, WasteReading):
-                waste.add(reading, message.received_at, message.f_cnt)
-            else:
-                parking.add(reading, message.received_at, message.f_cnt)
+        waste.extend(
+            [r for r in message.readings if isinstance(r, WasteReading)],
+            message.received_at,
+            message.f_cnt,
+        )
+        parking.extend(
+            [r for r in message.readings if isinstance(r, ParkingReading)],
+            message.received_at,
+            message.f_cnt,
+        )
         for event in message.events:
             events.add(event, message.received_at, message.f_cnt)
 
@@ -234,14 +239,17 @@ class _WasteColumns:
     def rows(self) -> int:
         return len(self.ids)
 
-    def add(self, reading: WasteReading, received_at: datetime, f_cnt: int | None) -> None:
-        self.ids.append(reading.container_id)
-        self.ts.append(reading.ts)
-        self.fill.append(reading.fill_pct)
-        self.battery.append(reading.battery_pct)
-        self.temperature.append(reading.temperature_c)
-        self.received.append(received_at)
-        self.f_cnt.append(f_cnt)
+    def extend(
+        self, readings: Sequence[WasteReading], received_at: datetime, f_cnt: int | None
+    ) -> None:
+        # Column by column: a message of hundreds of readings costs a few list operations.
+        self.ids += [r.container_id for r in readings]
+        self.ts += [r.ts for r in readings]
+        self.fill += [r.fill_pct for r in readings]
+        self.battery += [r.battery_pct for r in readings]
+        self.temperature += [r.temperature_c for r in readings]
+        self.received += [received_at] * len(readings)
+        self.f_cnt += [f_cnt] * len(readings)
 
     def columns(self) -> tuple[list[Any], ...]:
         return (
@@ -268,13 +276,15 @@ class _ParkingColumns:
     def rows(self) -> int:
         return len(self.ids)
 
-    def add(self, reading: ParkingReading, received_at: datetime, f_cnt: int | None) -> None:
-        self.ids.append(reading.spot_id)
-        self.ts.append(reading.ts)
-        self.occupied.append(reading.occupied)
-        self.battery.append(reading.battery_pct)
-        self.received.append(received_at)
-        self.f_cnt.append(f_cnt)
+    def extend(
+        self, readings: Sequence[ParkingReading], received_at: datetime, f_cnt: int | None
+    ) -> None:
+        self.ids += [r.spot_id for r in readings]
+        self.ts += [r.ts for r in readings]
+        self.occupied += [r.occupied for r in readings]
+        self.battery += [r.battery_pct for r in readings]
+        self.received += [received_at] * len(readings)
+        self.f_cnt += [f_cnt] * len(readings)
 
     def columns(self) -> tuple[list[Any], ...]:
         return (self.ids, self.ts, self.occupied, self.battery, self.received, self.f_cnt)
