@@ -277,9 +277,9 @@ def _plain_waste(item: dict[str, Any], device_id: str) -> Reading | None:
     Accepts only what the model accepts (NaN and infinities fail the range comparisons).
     """
     ts = _plain_ts(item.get("ts"))
-    fill = item.get("fill_pct")
-    battery = item.get("battery_pct")
-    temperature = item.get("temperature_c")
+    fill: Any = item.get("fill_pct")
+    battery: Any = item.get("battery_pct")
+    temperature: Any = item.get("temperature_c")
     if (
         ts is None
         or type(fill) not in _NUMBERS
@@ -303,8 +303,8 @@ def _plain_waste(item: dict[str, Any], device_id: str) -> Reading | None:
 def _plain_parking(item: dict[str, Any], device_id: str) -> Reading | None:
     """The reading of a plainly valid parking item, as ParkingPayload would make it; else None."""
     ts = _plain_ts(item.get("ts"))
-    occupied = item.get("occupied")
-    battery = item.get("battery_pct")
+    occupied: Any = item.get("occupied")
+    battery: Any = item.get("battery_pct")
     if (
         ts is None
         or type(occupied) is not bool

@@ -17,12 +17,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from citytel.config import Settings
 from citytel.ingest.jetstream import connect, setup_stream
@@ -151,9 +153,19 @@ def _mqtt_publish(port: int, user: str, password: str, topic: str) -> str:
         protocol=MQTTProtocolVersion.MQTTv311,
     )
     client.username_pw_set(user, password)
-    client.on_connect = lambda _c, _u, _f, code, _p: outcome.setdefault("connect", str(code))
-    client.on_publish = lambda _c, _u, _m, _code, _p: outcome.setdefault("published", "acked")
-    client.on_disconnect = lambda _c, _u, _f, code, _p: outcome.setdefault("gone", str(code))
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, code: ReasonCode, _p: Any) -> None:
+        outcome.setdefault("connect", str(code))
+
+    def on_publish(_c: mqtt.Client, _u: Any, _m: int, _code: ReasonCode, _p: Any) -> None:
+        outcome.setdefault("published", "acked")
+
+    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, code: ReasonCode, _p: Any) -> None:
+        outcome.setdefault("gone", str(code))
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.on_disconnect = on_disconnect
     client.connect("127.0.0.1", port, keepalive=10)
     client.loop_start()
     try:
