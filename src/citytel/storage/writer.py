@@ -108,9 +108,13 @@ async def store_decoded(
     stored = 0
     if waste.rows:
         cycles = await _advance_cycles(conn, waste)
-        stored += await conn.fetchval(sql.STORE_WASTE, *waste.columns(), *cycles)
+        await _stage(conn, sql.STAGE_WASTE, "waste_batch", sql.WASTE_BATCH_COLUMNS, waste.columns())
+        stored += await conn.fetchval(sql.STORE_WASTE, *cycles)
     if parking.rows:
-        stored += await conn.fetchval(sql.STORE_PARKING, *parking.columns())
+        await _stage(
+            conn, sql.STAGE_PARKING, "parking_batch", sql.PARKING_BATCH_COLUMNS, parking.columns()
+        )
+        stored += await conn.fetchval(sql.STORE_PARKING)
     new_events = await conn.fetchval(sql.STORE_EVENTS, *events.columns()) if events.rows else 0
     await _store_dead_letters(conn, dead, counting=not replaying)
     return BatchOutcome(
@@ -119,6 +123,21 @@ async def store_decoded(
         events=new_events,
         dead_letters=Counter(d.reason for d in dead),
         dead=dead,
+    )
+
+
+async def _stage(
+    conn: Connection,
+    create: str,
+    table: str,
+    names: Sequence[str],
+    columns: Sequence[list[Any]],
+) -> None:
+    """COPY a batch's rows into the connection's temporary table, emptied at commit."""
+    # Created once per connection (it outlives transactions; a rollback undoes its creation).
+    await conn.execute(create)
+    await conn.copy_records_to_table(
+        table, schema_name="pg_temp", columns=list(names), records=zip(*columns, strict=True)
     )
 
 
