@@ -14,6 +14,7 @@ and stops everything on exit. The summary is printed and written to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,30 @@ def _machine(services: Services) -> dict[str, Any]:
     }
 
 
+class _Partial:
+    """Keeps a long run's results: a scenario that fails is recorded and the next one runs.
+
+    The summary so far is written to ``partial.json`` after each scenario, so that a run
+    stopped half-way (or a scenario that raised) does not lose what was already measured.
+    """
+
+    def __init__(self, summary: dict[str, Any], path: Path) -> None:
+        self.summary = summary
+        self.path = path
+
+    @contextlib.contextmanager
+    def scenario(self, name: str) -> Iterator[None]:
+        """Run one scenario's block; record its failure instead of ending the run."""
+        try:
+            yield
+        except Exception as exc:
+            log.exception("scenario %s failed; going on with the next", name)
+            self.summary.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.summary, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every selected scenario, in one set of services; returns the summary."""
     count = args.messages or (20_000 if args.quick else 200_000)
@@ -135,60 +161,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ingest_metrics": not args.no_ingest_metrics,
         },
     }
+    partial = _Partial(summary, Path(args.out) / "partial.json")
     with Services(keep=args.keep, ingest_metrics=not args.no_ingest_metrics) as services:
         summary["machine"] = _machine(services)
         summary["fleet"] = {"containers": CONTAINERS, "spots": SPOTS}
         log.info("importing the fleet")
         import_fleet(services.database_url, workload.fleet_geojson, services.workdir)
         if "drain" in only:
-            log.info("drain: %d readings, baselines, one and two workers", count)
-            summary["drain"] = drain.run(
-                services, workload, count=count, publishers=args.publishers
-            )
+            with partial.scenario("drain"):
+                log.info("drain: %d readings, baselines, one and two workers", count)
+                summary["drain"] = drain.run(
+                    services, workload, count=count, publishers=args.publishers
+                )
         if "jetstream" in only:
-            log.info("jetstream drain: %d readings, a bare consumer, one and two workers", count)
-            summary["jetstream_drain"] = jetstream_drain.run(services, workload, count=count)
+            with partial.scenario("jetstream"):
+                log.info("jetstream drain: %d readings, a bare consumer, 1 and 2 workers", count)
+                summary["jetstream_drain"] = jetstream_drain.run(services, workload, count=count)
         if "batched" in only:
-            log.info("batched: %d readings in messages of 50-500, against COPY", batched_readings)
-            summary["batched"] = _batched(services, workload, batched_readings, args)
+            with partial.scenario("batched"):
+                log.info("batched: %d readings, 50-500 a message, against COPY", batched_readings)
+                summary["batched"] = _batched(services, workload, batched_readings, args)
         if "profile" in only:
-            log.info("profile: a drain of %d readings under py-spy", count)
-            summary["profile"] = _profile(services, workload, count, args.publishers)
+            with partial.scenario("profile"):
+                log.info("profile: a drain of %d readings under py-spy", count)
+                summary["profile"] = _profile(services, workload, count, args.publishers)
         if "steady" in only:
-            log.info("steady: %g msg/s for %g s", args.rate, steady_s)
-            summary["steady"] = steady.run(
-                services,
-                workload,
-                base=count,
-                rate=args.rate,
-                seconds=steady_s,
-                publishers=args.paced_publishers,
-            )
+            with partial.scenario("steady"):
+                log.info("steady: %g msg/s for %g s", args.rate, steady_s)
+                summary["steady"] = steady.run(
+                    services,
+                    workload,
+                    base=count,
+                    rate=args.rate,
+                    seconds=steady_s,
+                    publishers=args.paced_publishers,
+                )
         if "api" in only:
-            log.info("api: %d concurrent, %g s per load", args.concurrency, api_s)
-            summary["api"] = api_load.run(
-                services,
-                workload.fleet_geojson,
-                concurrency=args.concurrency,
-                duration=api_s,
-                warmup=2.0 if args.quick else 3.0,
-                queries=tuple(args.api_query or ("parking", "containers")),
-            )
+            with partial.scenario("api"):
+                log.info("api: %d concurrent, %g s per load", args.concurrency, api_s)
+                summary["api"] = api_load.run(
+                    services,
+                    workload.fleet_geojson,
+                    concurrency=args.concurrency,
+                    duration=api_s,
+                    warmup=2.0 if args.quick else 3.0,
+                    queries=tuple(args.api_query or ("parking", "containers")),
+                )
         if "push" in only:
-            log.info("push: %d SSE subscribers beside %g readings/s", push_clients, push_rate)
-            summary["push"] = push.run(
-                services,
-                workload,
-                base=count + steady_count,
-                rate=push_rate,
-                seconds=steady_s,
-                clients=push_clients,
-                concurrency=args.concurrency,
-                publishers=args.paced_publishers,
-            )
+            with partial.scenario("push"):
+                log.info("push: %d SSE subscribers beside %g readings/s", push_clients, push_rate)
+                summary["push"] = push.run(
+                    services,
+                    workload,
+                    base=count + steady_count,
+                    rate=push_rate,
+                    seconds=steady_s,
+                    clients=push_clients,
+                    concurrency=args.concurrency,
+                    publishers=args.paced_publishers,
+                )
         if "history" in only:
-            log.info("history: 90 days of readings, from the aggregates and from the raw tables")
-            summary["history"] = history.run(services)
+            with partial.scenario("history"):
+                log.info("history: 90 days of readings, from the aggregates and the raw tables")
+                summary["history"] = history.run(services)
     summary["targets"] = report.verdicts(summary)
     summary["elapsed_s"] = round(time.monotonic() - started, 1)
     return summary

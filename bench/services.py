@@ -8,6 +8,7 @@ stopping one also stops whatever it started.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +37,8 @@ from tests.integration.services import (
 
 from citytel.config import Settings
 from citytel.storage.migrate import migrate
+
+log = logging.getLogger("bench")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,8 +65,16 @@ def _wait_for_live_view(base: str, within: float, headers: Mapping[str, str]) ->
     url = f"{base}/v1/parking/free?lat=0&lon=0"
     request = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 - our own URL
     while live < 10:  # every worker's view, most likely, with several workers
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own URL
-            live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our URL
+                live = live + 1 if response.headers.get("x-citytel-view") == "live" else 0
+        except urllib.error.HTTPError as exc:
+            answer = f"{exc.code}: {exc.read()[:500].decode(errors='replace')}"
+            if exc.code != 503 or time.monotonic() > deadline:
+                message = f"{url} answered {answer}"
+                raise RuntimeError(message) from exc
+            log.warning("%s answered %s; waiting", url, answer)
+            live = 0
         if time.monotonic() > deadline:
             message = f"{base} did not answer from its live parking view within {within} s"
             raise TimeoutError(message)

@@ -364,18 +364,28 @@ async def test_lorawan_uplinks_reach_ingest_under_the_shipped_acl(
     assert await secured.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
 
 
-async def test_an_uplink_of_another_application_is_wrong_gateway(
-    secured: Secured, tmp_path: Path
+@pytest.mark.parametrize(
+    ("bound_to", "application", "named"),
+    [
+        # A DevEUI registered under one application, heard through another.
+        ("ttn-casa", "citytel-casa@ttn", "citytel-casa@ttn"),
+        # A device of a native gateway: no application may speak for it, else any network-server
+        # integration could forge every native device by its DevEUI.
+        ("gw-a", None, "'gw-a'"),
+    ],
+)
+async def test_an_uplink_through_an_application_not_the_devices_own_is_wrong_gateway(
+    secured: Secured, tmp_path: Path, bound_to: str, application: str | None, named: str
 ) -> None:
-    """A DevEUI registered under one application, heard through another, is refused."""
+    """A registered application's uplink for a device bound to another gateway is refused."""
     password = await add_gateway(
         secured.pool, "chirpstack-casa", lorawan_application=CHIRPSTACK_APP
     )
-    await add_gateway(secured.pool, "ttn-casa", lorawan_application="citytel-casa@ttn")
+    await add_gateway(secured.pool, bound_to, lorawan_application=application)
     await register(
         secured.pool,
         tmp_path,
-        container("L-WC-1", "ttn-casa", device_model="milesight-em310-udl", dev_eui=LEVEL_EUI),
+        container("L-WC-1", bound_to, device_model="milesight-em310-udl", dev_eui=LEVEL_EUI),
     )
     await secured.sync()
     topic, body = chirpstack_v4("bin-1", LEVEL_EUI, 1, LEVEL_BYTES, None, datetime.now(UTC), 3)
@@ -392,7 +402,7 @@ async def test_an_uplink_of_another_application_is_wrong_gateway(
     assert letter is not None
     assert letter["reason"] == "wrong_gateway"
     assert CHIRPSTACK_APP in letter["detail"]
-    assert "citytel-casa@ttn" in letter["detail"]
+    assert named in letter["detail"]
     assert await secured.pool.fetchval("SELECT count(*) FROM waste_readings") == 0
 
 

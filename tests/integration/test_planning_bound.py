@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+
 import pytest
 
 from citytel.api.app import create_app
@@ -51,3 +55,20 @@ async def test_without_a_cache_each_request_is_planned_again(
         async with gate.slot():
             refused = await client.get("/v1/collection/round")
         assert refused.status_code == 429, refused.text
+
+
+@pytest.mark.usefixtures("fleet")
+async def test_a_planning_worker_killed_does_not_break_planning(settings: Settings) -> None:
+    """A worker process that dies (OOM killer, kill -9) is replaced: the next round is planned."""
+    app = create_app(settings.model_copy(update={"api_planning_cache_s": 0}))
+    gate: PlanningGate[CollectionRound] = app.state.planning
+    async with serve_api(settings, app) as client:
+        assert (await client.get("/v1/collection/round")).status_code == 200
+        worker = await gate.in_worker(os.getpid)
+        os.kill(worker, signal.SIGKILL)
+        # Each request after the kill, whether the pool has noticed the death yet or not.
+        for _ in range(6):
+            answer = await client.get("/v1/collection/round")
+            assert answer.status_code == 200, answer.text
+            await asyncio.sleep(0.5)
+        assert gate.replaced_pools == 1

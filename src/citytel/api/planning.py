@@ -16,14 +16,18 @@ the event loop, and every light request would wait for it at each turn.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 from citytel.errors import SaturatedError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,14 +47,37 @@ class PlanningGate(Generic[T]):
         self._busy = 0
         self._cache: dict[Hashable, tuple[float, T]] = {}
         self._workers: ProcessPoolExecutor | None = None
+        # Pools replaced after a worker died: a count for the log reader and the tests.
+        self.replaced_pools = 0
 
     async def in_worker(self, work: Callable[..., R], *args: object) -> R:
-        """``work(*args)`` in one of the gate's worker processes (started at first use)."""
+        """``work(*args)`` in one of the gate's worker processes (started at first use).
+
+        A worker that dies (the kernel's OOM killer, an operator's kill) breaks the whole
+        process pool for good: the pool is then replaced and the work tried once more.
+
+        Raises:
+            SaturatedError: the work broke a fresh pool too (a 429 with ``Retry-After``).
+        """
+        for attempt in range(2):
+            workers = self._pool()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(workers, work, *args)
+            except BrokenProcessPool:
+                log.warning("a planning worker process died; starting new ones (%d)", attempt + 1)
+                if self._workers is workers:
+                    workers.shutdown(wait=False, cancel_futures=True)
+                    self._workers = None
+                    self.replaced_pools += 1
+        message = "planning worker processes keep dying; retry shortly"
+        raise SaturatedError(message, retry_after_s=RETRY_AFTER_S)
+
+    def _pool(self) -> ProcessPoolExecutor:
         if self._workers is None:
             # spawn, not fork: the API process has threads (asyncpg, the plan's filtering).
             context = multiprocessing.get_context("spawn")
             self._workers = ProcessPoolExecutor(self.concurrency, mp_context=context)
-        return await asyncio.get_running_loop().run_in_executor(self._workers, work, *args)
+        return self._workers
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -30,7 +30,7 @@ from citytel.formats.topics import native_subscription, parse_native_topic
 from citytel.formats.ttn import ttn_subscriptions
 from citytel.ingest.metrics import IngestMetrics
 from citytel.ingest.mqtt import InboundMessage
-from citytel.ingest.sensor_binding import PendingUplink, interpret
+from citytel.ingest.sensor_binding import PendingUplink, application_names, interpret
 from citytel.ingest.source import Source, open_source
 from citytel.storage.gateways import mark_seen
 from citytel.storage.migrate import require_migrated
@@ -208,6 +208,12 @@ async def read_batch(
                 p.uplink.device_id
                 for p in sorted_out.uplinks
                 if p.uplink.device_id and "\x00" not in p.uplink.device_id
+            },
+            {
+                name
+                for p in sorted_out.uplinks
+                for name in application_names(p.uplink)
+                if "\x00" not in name
             },
         )
         more, more_dead = interpret(

@@ -45,13 +45,34 @@ def _unknown_device(uplink: Uplink) -> RejectedMessage:
 
 def _wrong_application(uplink: Uplink, binding: SensorBinding) -> RejectedMessage:
     who = f"DevEUI {uplink.dev_eui}" if uplink.dev_eui else f"device {uplink.device_id}"
+    bound = (
+        f"application {binding.lorawan_application!r}"
+        if binding.lorawan_application is not None
+        else "a gateway of its own, not a network-server application"
+    )
     detail = (
         f"{who} ({uplink.network}) arrived through application {uplink.application!r}, but "
         f"{binding.device_kind.value} device {binding.device_id!r} is bound to gateway "
-        f"{binding.gateway_id!r} (application {binding.lorawan_application!r}); if the device "
-        "moved, rebind it and replay this dead letter"
+        f"{binding.gateway_id!r} ({bound}); if the device moved, rebind it and replay this "
+        "dead letter"
     )
     return RejectedMessage(Reason.WRONG_GATEWAY, detail)
+
+
+def application_names(uplink: Uplink) -> tuple[str, str]:
+    """The names a gateway may register the uplink's application under: bare or ``@tenant``."""
+    return uplink.application, f"{uplink.application}@{uplink.tenant}"
+
+
+def _may_speak_for(uplink: Uplink, binding: SensorBinding, registered: frozenset[str]) -> bool:
+    # A device bound to an application's gateway is heard through that application only. One
+    # bound to a gateway without an application may not be reported by an application that
+    # another gateway stands for (that application could otherwise forge every such device);
+    # through an application nobody registered, only the broker's ACL guards it.
+    names = application_names(uplink)
+    if binding.lorawan_application is not None:
+        return binding.lorawan_application in names
+    return not registered.intersection(names)
 
 
 def interpret(
@@ -72,10 +93,7 @@ def interpret(
             binding = sensors.find(uplink.dev_eui, uplink.device_id)
             if binding is None:
                 raise _unknown_device(uplink)
-            if binding.lorawan_application is not None and binding.lorawan_application not in {
-                uplink.application,
-                f"{uplink.application}@{uplink.tenant}",
-            }:
+            if not _may_speak_for(uplink, binding, sensors.applications):
                 raise _wrong_application(uplink, binding)
             check_timestamp_window(uplink.received_at, now, max_future, max_age=max_age)
             outcomes = interpret_uplink(

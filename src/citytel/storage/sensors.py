@@ -33,6 +33,8 @@ class SensorIndex:
 
     by_eui: dict[str, SensorBinding]
     by_device_id: dict[str, SensorBinding]
+    applications: frozenset[str] = frozenset()
+    """Those of the batch's network-server applications that a registered gateway stands for."""
 
     def find(self, dev_eui: str | None, device_id: str | None) -> SensorBinding | None:
         """The binding for a device, by DevEUI first (globally unique), then by device id."""
@@ -44,13 +46,21 @@ class SensorIndex:
 
 
 async def resolve_sensors(
-    pool: asyncpg.Pool, dev_euis: set[str], device_ids: set[str]
+    pool: asyncpg.Pool,
+    dev_euis: set[str],
+    device_ids: set[str],
+    applications: set[str] | None = None,
 ) -> SensorIndex:
-    """Look up the bindings of the given devices in one query."""
+    """Look up the bindings of the given devices, and which ``applications`` are registered."""
     if not dev_euis and not device_ids:
         return SensorIndex({}, {})
     async with connection(pool) as conn:
         rows = await conn.fetch(sql.RESOLVE_SENSORS, list(dev_euis), list(device_ids))
+        registered = (
+            await conn.fetch(sql.REGISTERED_APPLICATIONS, list(applications))
+            if applications
+            else []
+        )
     bindings = [
         SensorBinding(
             device_kind=DeviceKind(row["device_kind"]),
@@ -68,4 +78,5 @@ async def resolve_sensors(
     return SensorIndex(
         by_eui={b.dev_eui: b for b in bindings if b.dev_eui},
         by_device_id={b.network_device_id: b for b in bindings if b.network_device_id},
+        applications=frozenset(row["lorawan_application"] for row in registered),
     )

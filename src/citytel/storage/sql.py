@@ -192,6 +192,10 @@ JOIN gateways g ON g.id = coalesce(c.gateway_id, p.gateway_id)
 WHERE s.dev_eui = ANY($1::text[]) OR s.network_device_id = ANY($2::text[])
 """
 
+REGISTERED_APPLICATIONS = """
+SELECT lorawan_application FROM gateways WHERE lorawan_application = ANY($1::text[])
+"""
+
 STORE_DEAD_LETTERS = """
 INSERT INTO dead_letters AS cur
     (topic, payload, payload_sha256, payload_bytes, reason, detail, first_received_at,
