@@ -2,6 +2,7 @@
 
     python -m bench            # full run: 200,000-reading drains, 30 s steady, 20 s per API load
     python -m bench --quick    # smoke run: 20,000 readings, 10 s steady, 5 s per API load
+    python -m bench --only batched   # messages of 50-500 readings against COPY of the same rows
 
 It starts its own Mosquitto (the project's ``deploy/mosquitto.conf``), its own PostgreSQL
 cluster (TimescaleDB preloaded when installed), a second one without TimescaleDB for the store
@@ -32,6 +33,7 @@ from typing import Any
 
 from bench import (
     api_load,
+    batched,
     drain,
     forecast,
     history,
@@ -68,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=[
             "drain",
             "jetstream",
+            "batched",
             "steady",
             "api",
             "profile",
@@ -101,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="storage: weeks of the fleet's readings generated on each store (default 2, quick 1;"
         " 52 is a year)",
+    )
+    parser.add_argument(
+        "--batched-readings",
+        type=int,
+        help="batched: readings in the backlog of 50-500-reading messages (default 1000000)",
+    )
+    parser.add_argument(
+        "--profile-batched", action="store_true", help="batched: record the worker with py-spy"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
@@ -169,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         or [
             "drain",
             "jetstream",
+            "batched",
             "steady",
             "api",
             "profile",
@@ -178,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "storage",
         ]
     )
+    batched_readings = args.batched_readings or (200_000 if args.quick else 1_000_000)
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
     push_rate = args.push_rate or (1000.0 if args.quick else 5000.0)
     push_clients = args.push_clients or (100 if args.quick else 1000)
@@ -186,7 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     # The history and the forecast write their own data straight into databases of their own.
-    needs_fleet = bool(only & {"drain", "jetstream", "steady", "api", "profile", "push", "storage"})
+    needs_fleet = bool(
+        only & {"drain", "jetstream", "batched", "steady", "api", "profile", "push", "storage"}
+    )
     if needs_fleet:
         log.info("generating %d simulated readings", count + steady_count)
         workload = build_workload(
@@ -219,6 +234,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with partial.scenario("jetstream"):
                 log.info("jetstream drain: %d readings, a bare consumer, 1 and 2 workers", count)
                 summary["jetstream_drain"] = jetstream_drain.run(services, workload, count=count)
+        if "batched" in only:
+            with partial.scenario("batched"):
+                log.info("batched: %d readings, 50-500 a message, against COPY", batched_readings)
+                summary["batched"] = _batched(services, workload, batched_readings, args)
         if "profile" in only:
             with partial.scenario("profile"):
                 log.info("profile: a drain of %d readings under py-spy", count)
@@ -300,6 +319,23 @@ def _profile(services: Services, workload: Any, count: int, publishers: int) -> 
     if not raw.exists():
         return {"skipped": "py-spy wrote no profile (ptrace not permitted?)"}
     return {"drain_rate_under_profiler": result["rate"], **profile.summarize(raw)}
+
+
+def _batched(
+    services: Services, workload: Any, readings: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    raw = services.workdir / "batched-profile.txt"
+    profiling = args.profile_batched and profile.py_spy() is not None
+    result = batched.run(
+        services,
+        workload.fleet_geojson,
+        readings=readings,
+        publishers=args.publishers,
+        profile_to=raw if profiling else None,
+    )
+    if profiling and raw.exists():
+        result["profile"] = profile.summarize(raw)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

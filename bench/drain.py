@@ -82,8 +82,11 @@ def drain_citytel(
     label: str,
     profile_to: Path | None = None,
     store: Store | None = None,
+    readings: int | None = None,
 ) -> dict[str, Any]:
-    """``workers`` real ``citytel ingest`` processes drain a backlog of ``count`` readings.
+    """``workers`` real ``citytel ingest`` processes drain a backlog of ``count`` messages.
+
+    Each message holds one reading unless ``readings`` says how many the backlog holds in all.
 
     The workers' sessions are created first (start, subscribe, stop), so the broker queues the
     backlog for them; the clock runs from the first message received to the moment the last
@@ -107,8 +110,9 @@ def drain_citytel(
     for worker in procs:
         worker.start(wait=False)
     recorder = profile.attach(procs[0].pid, profile_to) if profile_to else None
+    expected = readings if readings is not None else count
     try:
-        seen_at, committed = wait_for_count(url, count, within=120 + count / 500)
+        seen_at, committed = wait_for_count(url, expected, within=120 + expected / 500)
         ingest_cpu = sum(cpu_seconds(w.pid) for w in procs)
         pg_cpu = cluster.cpu_seconds() - pg_cpu
         broker_cpu = cpu_seconds(services.broker.pid) - broker_cpu
@@ -122,11 +126,13 @@ def drain_citytel(
     return {
         "workers": workers,
         "messages": count,
+        "readings": expected,
         "committed": committed,
-        "complete": committed >= count,
+        "complete": committed >= expected,
         "dead_letters": dead_letters(url),
         "seconds": round(seconds, 3),
         "rate": round(count / seconds),
+        "readings_rate": round(expected / seconds),
         "seconds_from_start": round(seen_at - spawned, 3),
         "cpu_s": {
             "ingest": round(ingest_cpu, 2),
@@ -142,7 +148,7 @@ def drain_citytel(
     }
 
 
-def _decoded(workload: Workload, count: int) -> tuple[list[list[DecodedMessage]], float]:
+def decoded_batches(workload: Workload, count: int) -> tuple[list[list[DecodedMessage]], float]:
     """The workload decoded by citytel's own ``triage``, in batches; and what that took."""
     now = datetime.now(UTC)
     inbound = [
@@ -175,7 +181,8 @@ async def _store_direct(url: str, batches: list[list[DecodedMessage]]) -> float:
         await pool.close()
 
 
-async def _copy(url: str, batches: list[list[DecodedMessage]]) -> float:
+async def copy_rows(url: str, batches: list[list[DecodedMessage]]) -> float:
+    """COPY the rows of each batch in a transaction of its own; the seconds it took."""
     conn = await asyncpg.connect(url)
     try:
         rows = []
@@ -208,11 +215,11 @@ async def _copy(url: str, batches: list[list[DecodedMessage]]) -> float:
 def direct_writes(services: Services, workload: Workload, *, count: int) -> dict[str, Any]:
     """Decode cost, and the same rows written without MQTT: ``store_batch`` and bare COPY."""
     url = services.database_url
-    batches, decode_s = _decoded(workload, count)
+    batches, decode_s = decoded_batches(workload, count)
     reset(url)
     store_s = asyncio.run(_store_direct(url, batches))
     reset(url)
-    copy_s = asyncio.run(_copy(url, batches))
+    copy_s = asyncio.run(copy_rows(url, batches))
     reset(url)
     return {
         "batch": _BATCH,

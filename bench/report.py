@@ -18,6 +18,8 @@ TARGETS = {
     "parking_rps": 1_500,
     "parking_p99_ms": 50,
     "containers_vs_sql": 0.7,
+    "batched_rate": 100_000,
+    "batched_vs_copy": 0.6,
 }
 
 
@@ -47,6 +49,24 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "drain rate / bare paho rate",
                 drain["ratios"]["citytel_vs_bare_paho"],
                 TARGETS["drain_vs_bare_paho"],
+                at_least=True,
+            )
+        )
+    batched = summary.get("batched")
+    if batched:
+        out.append(
+            _verdict(
+                "batched readings/s (1 worker, 50-500 readings a message)",
+                batched["citytel_1_worker"]["readings_rate"],
+                TARGETS["batched_rate"],
+                at_least=True,
+            )
+        )
+        out.append(
+            _verdict(
+                "batched readings/s / COPY of the same rows",
+                batched["ratios"]["citytel_vs_copy"],
+                TARGETS["batched_vs_copy"],
                 at_least=True,
             )
         )

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     mqtt_tls_server_name: str | None = None
 
     ingest_batch_size: int = Field(default=1000, ge=1)
+    # Payload bytes that close a batch before it has ingest_batch_size messages: messages of
+    # hundreds of readings make smaller transactions, several in flight at once (0: no bound).
+    ingest_batch_bytes: int = Field(default=1024**2, ge=0)
     ingest_flush_ms: int = Field(default=100, ge=1)
     ingest_concurrency: int = Field(default=3, ge=1, le=32)
     ingest_max_future_s: int = Field(default=300, ge=0)

@@ -68,3 +68,42 @@ async def test_discarding_an_old_connection_keeps_the_new_one() -> None:
     async with asyncio.timeout(1):
         batch = await inbox.get_batch(10, max_wait=0.01)
     assert [(m.mid, m.connection) for m in batch] == [(7, 2)]
+
+
+def big(mid: int, size: int) -> InboundMessage:
+    return InboundMessage(
+        topic="t", payload=b"x" * size, received_at=datetime.now(UTC), mid=mid, qos=1, connection=1
+    )
+
+
+async def test_batch_closes_at_its_byte_bound() -> None:
+    """Big messages close a batch by bytes: it is returned at once, long before the timer."""
+    inbox = Inbox()
+    inbox.put([big(mid, 400) for mid in range(10)])
+    async with asyncio.timeout(0.5):
+        batch = await inbox.get_batch(1000, max_wait=60, max_bytes=1000)
+    assert [m.mid for m in batch] == [0, 1, 2]
+    assert len(inbox) == 7
+
+
+async def test_byte_bound_wakes_a_waiting_consumer() -> None:
+    """A consumer waiting for a batch is woken by the delivery that reaches the byte bound."""
+    inbox = Inbox()
+    inbox.put([big(0, 600)])
+    getting = asyncio.ensure_future(inbox.get_batch(1000, max_wait=60, max_bytes=1000))
+    await asyncio.sleep(0.05)
+    assert not getting.done()
+    inbox.put([big(1, 600), big(2, 600)])
+    async with asyncio.timeout(0.5):
+        batch = await getting
+    assert [m.mid for m in batch] == [0, 1]
+    assert len(inbox) == 1
+
+
+async def test_a_message_over_the_byte_bound_is_a_batch_of_its_own() -> None:
+    """One message bigger than the bound still goes: alone."""
+    inbox = Inbox()
+    inbox.put([big(0, 5000), big(1, 10)])
+    async with asyncio.timeout(0.5):
+        batch = await inbox.get_batch(1000, max_wait=60, max_bytes=1000)
+    assert [m.mid for m in batch] == [0]

@@ -6,6 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from citytel.domain import DeviceKind, ParkingReading, Reading, Reason, WasteReading
 from citytel.errors import RejectedMessage
@@ -13,6 +16,7 @@ from citytel.formats.native import (
     MAX_PAYLOAD_BYTES,
     ParkingPayload,
     WastePayload,
+    check_timestamp_window,
     decode_native,
     encode_native,
 )
@@ -219,3 +223,74 @@ def test_reading_older_than_the_retention_period_is_too_old() -> None:
     assert "CITYTEL_TIMESCALE_RETENTION" in caught.value.detail
     [reading] = decode(NOW - retention)
     assert reading.ts == NOW - retention
+
+
+# Values of every JSON type near the edges the models check, for the plain-path parity test.
+_EDGE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-200, max_value=200),
+    st.integers(min_value=1_500_000_000_000, max_value=1_900_000_000_000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "2026-11-22T11:00:00Z",
+            "2026-11-22T12:30:00+01:00",
+            "2026-11-22T12:04:59.999Z",
+            "2026-11-22T12:06:00Z",
+            "2026-11-22T11:00:00",
+            "1999-12-31T23:59:59Z",
+            "yesterday",
+            "",
+        ]
+    ),
+    st.lists(st.integers(), max_size=2),
+)
+_KEYS = st.sampled_from(["ts", "fill_pct", "battery_pct", "temperature_c", "occupied", "other"])
+
+
+def _through_the_model(kind: DeviceKind, item: dict[str, object]) -> Reading | Reason:
+    model = WastePayload if kind is DeviceKind.WASTE else ParkingPayload
+    try:
+        parsed = model.model_validate(item)
+        check_timestamp_window(parsed.ts, NOW, FIVE_MINUTES)
+    except ValidationError:
+        return Reason.WRONG_TYPE
+    except RejectedMessage as exc:
+        return exc.reason
+    if isinstance(parsed, WastePayload):
+        return WasteReading(
+            "dev-1", parsed.ts, parsed.fill_pct, parsed.battery_pct, parsed.temperature_c
+        )
+    assert isinstance(parsed, ParkingPayload)
+    return ParkingReading("dev-1", parsed.ts, parsed.occupied, parsed.battery_pct)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    kind=st.sampled_from(list(DeviceKind)),
+    item=st.dictionaries(_KEYS, _EDGE_VALUES, max_size=5),
+    size=st.integers(min_value=1, max_value=3),
+)
+def test_plain_path_decides_as_the_model(
+    kind: DeviceKind, item: dict[str, object], size: int
+) -> None:
+    """Big messages skip the models for plainly valid readings: same readings, same refusals."""
+    payload = json.dumps([item] * size if size > 1 else item).encode()
+    expected = _through_the_model(kind, json.loads(payload.decode())[0] if size > 1 else item)
+    try:
+        got: list[Reading] | Reason = decode(kind, payload)
+    except RejectedMessage as exc:
+        got = exc.reason
+    if isinstance(expected, Reason):
+        assert isinstance(got, Reason)
+        if expected is not Reason.WRONG_TYPE:
+            assert got is expected
+    else:
+        assert got == [expected] * size
+        assert all(type(r) is type(expected) for r in got)
+        for reading in got:
+            assert all(
+                type(getattr(reading, name)) is type(getattr(expected, name))
+                for name in ("ts", "battery_pct")
+            )

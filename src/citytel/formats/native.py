@@ -210,19 +210,116 @@ def decode_native(
         raise RejectedMessage(Reason.PAYLOAD_TOO_LARGE, detail)
 
     model = _MODELS[kind]
+    plain = _PLAIN[kind]
+    # The window every reading's time must lie in (check_timestamp_window's bounds).
+    earliest = EARLIEST_TS if max_age is None else max(EARLIEST_TS, now - max_age)
+    latest = now + max_future
     readings: list[Reading] = []
     for position, item in enumerate(items):
-        index = position if indexed else None
-        if not isinstance(item, dict):
-            detail = f"reading {position} is a {type(item).__name__}, not a JSON object"
-            raise RejectedMessage(Reason.WRONG_TYPE, detail)
-        try:
-            parsed = model.model_validate(item)
-        except ValidationError as exc:
-            raise _describe(exc, index) from exc
-        check_timestamp_window(parsed.ts, now, max_future, index, max_age=max_age)
-        readings.append(_to_reading(device_id, parsed))
+        # Most readings are plainly valid: checked here without building a model, which made
+        # validation most of the cost of a big message. Anything else, valid or not, goes
+        # through the model, which decides and says what is wrong.
+        reading = plain(item, device_id) if type(item) is dict else None
+        if reading is None or not earliest <= reading.ts <= latest:
+            index = position if indexed else None
+            reading = _validated(model, device_id, item, position, index, now, max_future, max_age)
+        readings.append(reading)
     return readings
+
+
+def _validated(
+    model: type[_Payload],
+    device_id: str,
+    item: Any,
+    position: int,
+    index: int | None,
+    now: datetime,
+    max_future: timedelta,
+    max_age: timedelta | None,
+) -> Reading:
+    if not isinstance(item, dict):
+        detail = f"reading {position} is a {type(item).__name__}, not a JSON object"
+        raise RejectedMessage(Reason.WRONG_TYPE, detail)
+    try:
+        parsed = model.model_validate(item)
+    except ValidationError as exc:
+        raise _describe(exc, index) from exc
+    check_timestamp_window(parsed.ts, now, max_future, index, max_age=max_age)
+    return _to_reading(device_id, parsed)
+
+
+# What the models take as a number in strict mode: int or float, never bool (a subclass of int).
+_NUMBERS = frozenset({int, float})
+
+
+def _plain_ts(value: Any) -> datetime | None:
+    """``_parse_ts`` for the values it accepts, None for anything else."""
+    kind = type(value)
+    if kind is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    if kind is int:
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _plain_waste(item: dict[str, Any], device_id: str) -> Reading | None:
+    """The reading of a plainly valid waste item, as WastePayload would make it; else None.
+
+    Accepts only what the model accepts (NaN and infinities fail the range comparisons).
+    """
+    ts = _plain_ts(item.get("ts"))
+    fill: Any = item.get("fill_pct")
+    battery: Any = item.get("battery_pct")
+    temperature: Any = item.get("temperature_c")
+    if (
+        ts is None
+        or type(fill) not in _NUMBERS
+        or not 0 <= fill <= 100
+        or (battery is not None and (type(battery) not in _NUMBERS or not 0 <= battery <= 100))
+        or (
+            temperature is not None
+            and (type(temperature) not in _NUMBERS or not -60 <= temperature <= 120)
+        )
+    ):
+        return None
+    return WasteReading(
+        container_id=device_id,
+        ts=ts,
+        fill_pct=float(fill),
+        battery_pct=None if battery is None else float(battery),
+        temperature_c=None if temperature is None else float(temperature),
+    )
+
+
+def _plain_parking(item: dict[str, Any], device_id: str) -> Reading | None:
+    """The reading of a plainly valid parking item, as ParkingPayload would make it; else None."""
+    ts = _plain_ts(item.get("ts"))
+    occupied: Any = item.get("occupied")
+    battery: Any = item.get("battery_pct")
+    if (
+        ts is None
+        or type(occupied) is not bool
+        or (battery is not None and (type(battery) not in _NUMBERS or not 0 <= battery <= 100))
+    ):
+        return None
+    return ParkingReading(
+        spot_id=device_id,
+        ts=ts,
+        occupied=occupied,
+        battery_pct=None if battery is None else float(battery),
+    )
+
+
+_PLAIN = {DeviceKind.WASTE: _plain_waste, DeviceKind.PARKING: _plain_parking}
 
 
 def _to_reading(device_id: str, parsed: _Payload) -> Reading:

@@ -158,6 +158,8 @@ class Inbox:
         self._items: deque[InboundMessage] = deque()
         self._ready = asyncio.Event()
         self._wake_at = 0  # 0: nobody waits; else wake when this many messages are here
+        self._wake_bytes = 0  # 0: no byte bound; else wake when this many payload bytes are here
+        self._bytes = 0  # payload bytes held
         self._limit = limit  # 0: unbounded
         self._on_full = on_full
         self._on_room = on_room
@@ -169,6 +171,7 @@ class Inbox:
     def put(self, items: list[InboundMessage]) -> None:
         """Add what one read from the broker delivered."""
         self._items.extend(items)
+        self._bytes += sum(len(m.payload) for m in items)
         held = len(self._items)
         if held > self.peak:
             self.peak = held
@@ -176,8 +179,8 @@ class Inbox:
             self.full = True
             if self._on_full is not None:
                 self._on_full()
-        if 0 < self._wake_at <= held:
-            self._wake_at = 0
+        if 0 < self._wake_at <= held or 0 < self._wake_bytes <= self._bytes:
+            self._wake_at = self._wake_bytes = 0
             self._ready.set()
 
     def discard_connection(self, connection: int) -> int:
@@ -185,6 +188,7 @@ class Inbox:
         kept = deque(m for m in self._items if m.connection != connection)
         dropped = len(self._items) - len(kept)
         self._items = kept
+        self._bytes = sum(len(m.payload) for m in kept)
         self._check_room()
         return dropped
 
@@ -194,19 +198,32 @@ class Inbox:
             if self._on_room is not None:
                 self._on_room()
 
-    def _arm(self, count: int) -> bool:
-        """Ask to be woken at ``count`` messages; False when they are already here."""
-        if len(self._items) >= count:
-            self._wake_at = 0
+    def _arm(self, count: int, max_bytes: int = 0) -> bool:
+        """Ask to be woken at ``count`` messages or ``max_bytes`` of payload (0: no bound);
+        False when they are already here."""
+        if len(self._items) >= count or 0 < max_bytes <= self._bytes:
+            self._wake_at = self._wake_bytes = 0
             return False
         self._wake_at = count
+        self._wake_bytes = max_bytes
         self._ready.clear()
         return True
 
-    def _take(self, limit: int) -> list[InboundMessage]:
-        self._wake_at = 0
+    def _take(self, limit: int, max_bytes: int = 0) -> list[InboundMessage]:
+        self._wake_at = self._wake_bytes = 0
         count = min(limit, len(self._items))
-        taken = [self._items.popleft() for _ in range(count)]
+        if max_bytes:
+            # Up to the byte bound, and always at least one message, however big.
+            taken: list[InboundMessage] = []
+            size = 0
+            while len(taken) < count and (not taken or size < max_bytes):
+                message = self._items.popleft()
+                taken.append(message)
+                size += len(message.payload)
+        else:
+            taken = [self._items.popleft() for _ in range(count)]
+            size = sum(len(m.payload) for m in taken)
+        self._bytes -= size
         if self.full:
             self._check_room()
         return taken
@@ -214,17 +231,20 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    async def get_batch(self, max_size: int, max_wait: float) -> list[InboundMessage]:
-        """Wait for a first message, then gather until ``max_size`` or ``max_wait`` seconds."""
+    async def get_batch(
+        self, max_size: int, max_wait: float, max_bytes: int = 0
+    ) -> list[InboundMessage]:
+        """Wait for a first message, then gather until ``max_size`` messages, ``max_bytes`` of
+        payload (0: no bound) or ``max_wait`` seconds."""
         while self._arm(1):
             await self._ready.wait()
-        if self._arm(max_size):
+        if self._arm(max_size, max_bytes):
             try:
                 async with asyncio.timeout(max_wait):
                     await self._ready.wait()
             except TimeoutError:
                 pass
-        return self._take(max_size)
+        return self._take(max_size, max_bytes)
 
 
 class _Connection(asyncio.Protocol):

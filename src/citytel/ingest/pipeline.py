@@ -543,7 +543,9 @@ async def run_ingest(
         while not stop.is_set():
             await slots.acquire()
             batch_task = asyncio.ensure_future(
-                consumer.inbox.get_batch(settings.ingest_batch_size, flush_after)
+                consumer.inbox.get_batch(
+                    settings.ingest_batch_size, flush_after, settings.ingest_batch_bytes
+                )
             )
             stop_task = asyncio.ensure_future(stop.wait())
             waiters: set[asyncio.Future[Any]] = {batch_task, stop_task, broken}

@@ -92,20 +92,29 @@ async def store_decoded(
             if frame in frames:
                 continue
             frames.add(frame)
-        for reading in message.readings:
-            if isinstance(reading, WasteReading):
-                waste.add(reading, message.received_at, message.f_cnt)
-            else:
-                parking.add(reading, message.received_at, message.f_cnt)
+        waste.extend(
+            [r for r in message.readings if isinstance(r, WasteReading)],
+            message.received_at,
+            message.f_cnt,
+        )
+        parking.extend(
+            [r for r in message.readings if isinstance(r, ParkingReading)],
+            message.received_at,
+            message.f_cnt,
+        )
         for event in message.events:
             events.add(event, message.received_at, message.f_cnt)
 
     stored = 0
     if waste.rows:
         cycles = await _advance_cycles(conn, waste)
-        stored += await conn.fetchval(sql.STORE_WASTE, *waste.columns(), *cycles)
+        await _stage(conn, sql.STAGE_WASTE, "waste_batch", sql.WASTE_BATCH_COLUMNS, waste.columns())
+        stored += await conn.fetchval(sql.STORE_WASTE, *cycles)
     if parking.rows:
-        stored += await conn.fetchval(sql.STORE_PARKING, *parking.columns())
+        await _stage(
+            conn, sql.STAGE_PARKING, "parking_batch", sql.PARKING_BATCH_COLUMNS, parking.columns()
+        )
+        stored += await conn.fetchval(sql.STORE_PARKING)
     new_events = await conn.fetchval(sql.STORE_EVENTS, *events.columns()) if events.rows else 0
     await _store_dead_letters(conn, dead, counting=not replaying)
     return BatchOutcome(
@@ -114,6 +123,21 @@ async def store_decoded(
         events=new_events,
         dead_letters=Counter(d.reason for d in dead),
         dead=dead,
+    )
+
+
+async def _stage(
+    conn: Connection,
+    create: str,
+    table: str,
+    names: Sequence[str],
+    columns: Sequence[list[Any]],
+) -> None:
+    """COPY a batch's rows into the connection's temporary table, emptied at commit."""
+    # Created once per connection (it outlives transactions; a rollback undoes its creation).
+    await conn.execute(create)
+    await conn.copy_records_to_table(
+        table, schema_name="pg_temp", columns=list(names), records=zip(*columns, strict=True)
     )
 
 
@@ -234,14 +258,17 @@ class _WasteColumns:
     def rows(self) -> int:
         return len(self.ids)
 
-    def add(self, reading: WasteReading, received_at: datetime, f_cnt: int | None) -> None:
-        self.ids.append(reading.container_id)
-        self.ts.append(reading.ts)
-        self.fill.append(reading.fill_pct)
-        self.battery.append(reading.battery_pct)
-        self.temperature.append(reading.temperature_c)
-        self.received.append(received_at)
-        self.f_cnt.append(f_cnt)
+    def extend(
+        self, readings: Sequence[WasteReading], received_at: datetime, f_cnt: int | None
+    ) -> None:
+        # Column by column: a message of hundreds of readings costs a few list operations.
+        self.ids += [r.container_id for r in readings]
+        self.ts += [r.ts for r in readings]
+        self.fill += [r.fill_pct for r in readings]
+        self.battery += [r.battery_pct for r in readings]
+        self.temperature += [r.temperature_c for r in readings]
+        self.received += [received_at] * len(readings)
+        self.f_cnt += [f_cnt] * len(readings)
 
     def columns(self) -> tuple[list[Any], ...]:
         return (
@@ -268,13 +295,15 @@ class _ParkingColumns:
     def rows(self) -> int:
         return len(self.ids)
 
-    def add(self, reading: ParkingReading, received_at: datetime, f_cnt: int | None) -> None:
-        self.ids.append(reading.spot_id)
-        self.ts.append(reading.ts)
-        self.occupied.append(reading.occupied)
-        self.battery.append(reading.battery_pct)
-        self.received.append(received_at)
-        self.f_cnt.append(f_cnt)
+    def extend(
+        self, readings: Sequence[ParkingReading], received_at: datetime, f_cnt: int | None
+    ) -> None:
+        self.ids += [r.spot_id for r in readings]
+        self.ts += [r.ts for r in readings]
+        self.occupied += [r.occupied for r in readings]
+        self.battery += [r.battery_pct for r in readings]
+        self.received += [received_at] * len(readings)
+        self.f_cnt += [f_cnt] * len(readings)
 
     def columns(self) -> tuple[list[Any], ...]:
         return (self.ids, self.ts, self.occupied, self.battery, self.received, self.f_cnt)
