@@ -52,6 +52,20 @@ SERVER_URL = os.environ.get(
 )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's ``--dist loadgroup`` (scripts/test.sh), keep heavy tests apart.
+
+    Every worker has its own clusters and broker, so tests cannot clash; the group is about
+    load. The fault tests (marker ``faults``) kill brokers, nodes and clusters and count on ack
+    timers: they run one at a time, on one worker. Without xdist the mark does nothing. First,
+    so that xdist's own hook sees the mark.
+    """
+    for item in items:
+        if item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One Mosquitto for the session, with the project's configuration."""
