@@ -66,6 +66,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("faults"))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly if xdist ignored the groups (it tags each grouped test's id with ``@group``).
+
+    pytest-xdist 3.8 on pytest 9.2 drops the tag without a word and spreads a group over the
+    workers; pyproject.toml keeps pytest below 9.2 for that, and this says when it happens again.
+    """
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if lost:
+        message = f"--dist loadgroup lost the xdist_group of {len(lost)} test(s), e.g. {lost[0]}"
+        raise pytest.UsageError(message)
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One Mosquitto for the session, with the project's configuration."""

@@ -56,13 +56,22 @@ def settings(nats_cluster: NatsCluster, database_url: str) -> Settings:
     )
 
 
+NO_SUITABLE_PEERS = 10005  # JetStream's error code while the cluster lacks the replicas' nodes
+
+
 async def set_up(settings: Settings, within: float = 30.0) -> None:
     """``citytel nats setup``, once the cluster has elected its JetStream meta leader."""
     async with asyncio.timeout(within):
         while True:
             try:
                 await setup_stream(settings)
-            except (BadRequestError, ConfigurationError):
+            except BadRequestError as exc:
+                # 10005, "no suitable peers for placement": the nodes have not all joined yet
+                # (slow on a busy machine); any other refusal is the test's to see.
+                if exc.err_code != NO_SUITABLE_PEERS:
+                    raise
+                await asyncio.sleep(0.25)
+            except ConfigurationError:
                 raise
             except Exception:
                 await asyncio.sleep(0.25)
