@@ -52,6 +52,38 @@ SERVER_URL = os.environ.get(
 )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's ``--dist loadgroup`` (scripts/test.sh), keep heavy tests apart.
+
+    Every worker has its own clusters and broker, so tests cannot clash; the group is about
+    load. The fault tests (marker ``faults``) kill brokers, nodes and clusters and count on ack
+    timers: they run one at a time, on one worker. Without xdist the mark does nothing. First,
+    so that xdist's own hook sees the mark.
+    """
+    for item in items:
+        if item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly if xdist ignored the groups (it tags each grouped test's id with ``@group``).
+
+    pytest-xdist 3.8 on pytest 9.2 drops the tag without a word and spreads a group over the
+    workers; pyproject.toml keeps pytest below 9.2 for that, and this says when it happens again.
+    """
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if lost:
+        message = f"--dist loadgroup lost the xdist_group of {len(lost)} test(s), e.g. {lost[0]}"
+        raise pytest.UsageError(message)
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One Mosquitto for the session, with the project's configuration."""

@@ -27,7 +27,8 @@ from citytel.keys import Scope
 from tests.integration.conftest import Fleet, create_key, serve_api, wait_until
 from tests.integration.test_events import fill, parked, publish, push_settings
 
-pytestmark = pytest.mark.integration
+# One browser at a time when the suite runs on several workers: each draws WebGL in software.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("browser")]
 
 # Set to a path to keep the screenshot the first test takes (the README's picture).
 SCREENSHOT = os.environ.get("CITYTEL_CONSOLE_SCREENSHOT")

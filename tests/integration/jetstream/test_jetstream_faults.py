@@ -54,7 +54,9 @@ async def test_stream_leader_killed_mid_stream(
         async with asyncio.timeout(120):
             await sending
         await settle(pool, truth, within=60)
-        assert await stream_leader(js, stream_ready) != leader
+        # Another node leads: waited for, since the election may still be going on here (the
+        # stream's backlog can be all in before it ends); no other leader within 30 s fails.
+        await stream_leader(js, stream_ready, other_than=leader)
     finally:
         ingest.stop()
         sending.cancel()
