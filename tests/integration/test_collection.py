@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from citytel.config import Settings
-from tests.integration.conftest import Fleet, RunningIngest, publish_raw, wait_until
+from tests.integration.conftest import Fleet, RunningIngest, publish_raw, serve_api, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -156,6 +156,23 @@ async def test_due_now_and_soon(history: Fleet, api: httpx.AsyncClient) -> None:
     later = await rounds(api, threshold_pct=80, within_h=12)
     assert set(stop_ids(later)) == {c[0], c[1], c[2]}
     assert later["left_out"] == 0
+
+
+@pytest.mark.parametrize(("kept_s", "seen"), [(60.0, False), (0.0, True)])
+async def test_rounds_share_the_fleet_state_as_long_as_a_plan(
+    history: Fleet, settings: Settings, pool: asyncpg.Pool, kept_s: float, seen: bool
+) -> None:
+    """Rounds of other thresholds within CITYTEL_API_PLANNING_CACHE_S plan from one read."""
+    c = history.containers
+    kept = settings.model_copy(update={"api_planning_cache_s": kept_s})
+    async with serve_api(kept) as client:
+        assert stop_ids(await rounds(client, threshold_pct=80)) == [c[1]]
+        await pool.execute(
+            "UPDATE container_latest SET fill_pct = 95 WHERE container_id = $1", c[3]
+        )
+        later = stop_ids(await rounds(client, threshold_pct=81))
+    assert (c[3] in later) is seen
+    assert c[1] in later
 
 
 async def test_the_round_follows_the_streets_not_the_urgency(

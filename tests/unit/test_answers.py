@@ -11,7 +11,7 @@ from citytel.api.answers import AnswerCache
 
 async def test_identical_misses_share_one_making_and_the_answer_is_kept() -> None:
     """Callers asking the same question together wait for one answer, then get it kept."""
-    cache = AnswerCache(60)
+    cache = AnswerCache[bytes](60)
     made = 0
     release = asyncio.Event()
 
@@ -39,7 +39,7 @@ async def test_another_question_a_failure_and_no_cache_time_each_ask_again() -> 
         calls.append(tag)
         return tag.encode()
 
-    cache = AnswerCache(60)
+    cache = AnswerCache[bytes](60)
     assert await cache.answer("a", lambda: make("a")) == b"a"
     assert await cache.answer("b", lambda: make("b")) == b"b"
 
@@ -52,7 +52,7 @@ async def test_another_question_a_failure_and_no_cache_time_each_ask_again() -> 
         await cache.answer("c", fail)
     assert await cache.answer("c", lambda: make("c")) == b"c"
 
-    uncached = AnswerCache(0)
+    uncached = AnswerCache[bytes](0)
     await uncached.answer("a", lambda: make("a1"))
     await uncached.answer("a", lambda: make("a2"))
     assert calls == ["a", "b", "failed", "c", "a1", "a2"]
@@ -60,7 +60,7 @@ async def test_another_question_a_failure_and_no_cache_time_each_ask_again() -> 
 
 async def test_forget_drops_kept_answers_and_the_one_being_made() -> None:
     """After forget(), an answer made before it is neither kept nor served to later callers."""
-    cache = AnswerCache(60)
+    cache = AnswerCache[bytes](60)
     assert await cache.answer("q", lambda: asyncio.sleep(0, b"old")) == b"old"
     release = asyncio.Event()
 
@@ -81,7 +81,7 @@ async def test_forget_drops_kept_answers_and_the_one_being_made() -> None:
 
 async def test_an_answer_expires_after_its_time() -> None:
     """Past the cache time the question is asked again."""
-    cache = AnswerCache(0.05)
+    cache = AnswerCache[bytes](0.05)
     assert await cache.answer("q", lambda: asyncio.sleep(0, b"first")) == b"first"
     async with asyncio.timeout(5):
         while await cache.answer("q", lambda: asyncio.sleep(0, b"second")) != b"second":

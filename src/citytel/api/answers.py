@@ -13,18 +13,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 # Bounds the memory of kept answers; past it the cache simply starts again.
 MAX_ANSWERS = 1024
 
+T = TypeVar("T")
 
-class AnswerCache:
-    """Answers by request, each kept ``ttl_s`` seconds (0: never kept)."""
+
+class AnswerCache(Generic[T]):
+    """Answers by request, each kept ``ttl_s`` seconds (0: never kept).
+
+    The container list keeps encoded JSON; collection rounds keep the fleet's state they are
+    planned from (api/routes/collection.py).
+    """
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
-        self._answers: dict[Hashable, tuple[float, bytes]] = {}
-        self._pending: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._answers: dict[Hashable, tuple[float, T]] = {}
+        self._pending: dict[Hashable, asyncio.Future[T]] = {}
         # Bumped by forget(): an answer made before a write does not fill the cache.
         self._generation = 0
 
@@ -34,7 +41,7 @@ class AnswerCache:
         self._answers.clear()
         self._pending.clear()
 
-    async def answer(self, key: Hashable, make: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def answer(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
         """The answer to ``key``: kept if fresh, else made once for every caller waiting on it."""
         if self.ttl_s <= 0:
             return await make()
@@ -51,8 +58,8 @@ class AnswerCache:
         return await asyncio.shield(pending)
 
     async def _make(
-        self, key: Hashable, make: Callable[[], Awaitable[bytes]], generation: int, asked: float
-    ) -> bytes:
+        self, key: Hashable, make: Callable[[], Awaitable[T]], generation: int, asked: float
+    ) -> T:
         # Both taken when the question was asked, not when the task first ran.
         made = await make()
         if generation == self._generation:
@@ -61,7 +68,7 @@ class AnswerCache:
             self._answers[key] = (asked + self.ttl_s, made)
         return made
 
-    def _settled(self, key: Hashable, done: asyncio.Future[bytes]) -> None:
+    def _settled(self, key: Hashable, done: asyncio.Future[T]) -> None:
         if self._pending.get(key) is done:
             del self._pending[key]
         if not done.cancelled():

@@ -51,6 +51,7 @@ from citytel.errors import (
 )
 from citytel.ingest.pipeline import Decoders, sleep_unless
 from citytel.storage.pool import wait_for_pool
+from citytel.storage.queries import Candidates
 from citytel.storage.replica import ReadReplica
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,10 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.readiness_problems = {}
     app.state.decoders = Decoders.from_settings(settings)
     app.state.key_checker = KeyChecker(settings)
-    app.state.container_answers = AnswerCache(settings.api_containers_cache_s)
+    app.state.container_answers = AnswerCache[bytes](settings.api_containers_cache_s)
+    # The fleet's state a round is planned from, kept as long as a plan: rounds asked with
+    # different thresholds share one read of the city's containers.
+    app.state.round_candidates = AnswerCache[Candidates](settings.api_planning_cache_s)
     app.state.planning = PlanningGate[CollectionRound](
         settings.api_planning_concurrency, settings.api_planning_cache_s
     )

@@ -51,9 +51,9 @@ async def get_live_spots(request: Request) -> LiveSpots | None:
     return live
 
 
-async def get_container_answers(request: Request) -> AnswerCache:
+async def get_container_answers(request: Request) -> AnswerCache[bytes]:
     """The container list's answers of the last moment (CITYTEL_API_CONTAINERS_CACHE_S)."""
-    answers: AnswerCache = request.app.state.container_answers
+    answers: AnswerCache[bytes] = request.app.state.container_answers
     return answers
 
 
@@ -61,7 +61,7 @@ PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 """The primary's pool: for writes, and for reads that must see them at once."""
 ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
 """For reads that may be served a replica's state (CITYTEL_DATABASE_READ_MAX_LAG_S behind)."""
-ContainerAnswersDep = Annotated[AnswerCache, Depends(get_container_answers)]
+ContainerAnswersDep = Annotated[AnswerCache[bytes], Depends(get_container_answers)]
 LiveSpotsDep = Annotated[LiveSpots | None, Depends(get_live_spots)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 

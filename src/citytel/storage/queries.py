@@ -561,9 +561,13 @@ async def list_containers(
     return rows, int(total)
 
 
+Candidates = tuple[list[asyncpg.Record], datetime]
+"""The containers a round may visit, and the database's time they were read at."""
+
+
 async def collection_candidates(
     pool: asyncpg.Pool, *, zone: str | None, bbox: BBox | None
-) -> tuple[list[asyncpg.Record], datetime]:
+) -> Candidates:
     """Containers with a fill level, in ``zone`` and ``bbox`` when given; and the database's now."""
     box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
     async with connection(pool) as conn:

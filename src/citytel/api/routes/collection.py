@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Annotated
 
-import asyncpg
 from fastapi import APIRouter, Query, Request
 
+from citytel.api.answers import AnswerCache
 from citytel.api.auth import require
 from citytel.api.deps import ReadPoolDep
 from citytel.api.planning import PlanningGate
@@ -18,6 +19,7 @@ from citytel.collection import Round, Stop, due_first, plan_round, reaches_at
 from citytel.errors import InvalidQueryError
 from citytel.keys import Scope
 from citytel.storage import queries
+from citytel.storage.queries import Candidates
 
 router = APIRouter(
     prefix="/v1/collection", tags=["collection"], dependencies=[require(Scope.CONTAINERS_READ)]
@@ -60,23 +62,29 @@ async def collection_round(
     box = parse_bbox(bbox) if bbox is not None else None
     start = (start_lat, start_lon) if start_lat is not None and start_lon is not None else None
     gate: PlanningGate[CollectionRound] = request.app.state.planning
+    candidates: AnswerCache[Candidates] = request.app.state.round_candidates
     key = (zone, box, threshold_pct, within_h, start, max_stops)
+
+    async def fleet_state() -> Candidates:
+        return await candidates.answer(
+            (zone, box), lambda: queries.collection_candidates(pool, zone=zone, bbox=box)
+        )
+
     return await gate.plan(
-        key, lambda: _plan(gate, pool, zone, box, threshold_pct, within_h, start, max_stops)
+        key, lambda: _plan(gate, fleet_state, zone, threshold_pct, within_h, start, max_stops)
     )
 
 
 async def _plan(
     gate: PlanningGate[CollectionRound],
-    pool: asyncpg.Pool,
+    fleet_state: Callable[[], Awaitable[Candidates]],
     zone: str | None,
-    box: queries.BBox | None,
     threshold_pct: float,
     within_h: float,
     start: tuple[float, float] | None,
     max_stops: int,
 ) -> CollectionRound:
-    rows, now = await queries.collection_candidates(pool, zone=zone, bbox=box)
+    rows, now = await fleet_state()
     horizon = now + timedelta(hours=within_h)
 
     def select() -> tuple[list[tuple[Stop, datetime]], int]:
