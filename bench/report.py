@@ -145,7 +145,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
                 line, color="#c44e52", linestyle="--", linewidth=1, label=f"target {line:,.0f}"
             )
             ax.legend(loc="upper left", fontsize=8)
-        ax.set_ylim(0, max(values) * 1.15)
+        ax.set_ylim(0, max(values, default=1.0) * 1.15)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
         ax.tick_params(axis="x", labelsize=7)
