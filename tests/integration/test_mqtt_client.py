@@ -8,6 +8,7 @@ those answers. Everything else about the client is proven end to end by the pipe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -28,9 +29,11 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 async def fake_broker() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     """Start an asyncio server speaking as a broker would; yields a function returning its URL."""
     servers: list[asyncio.Server] = []
+    writers: list[asyncio.StreamWriter] = []
 
     async def start(handler: Handler) -> str:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
             try:
                 await handler(reader, writer)
             finally:
@@ -44,6 +47,14 @@ async def fake_broker() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     yield start
     for server in servers:
         server.close()
+    # A handler still waiting on its client holds the connection open: closing the server does
+    # not close it, and the socket left to the garbage collector fails a later test (unclosed).
+    for writer in writers:
+        writer.close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(2):
+                await writer.wait_closed()
+    for server in servers:
         await server.wait_closed()
 
 
