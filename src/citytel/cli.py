@@ -380,6 +380,24 @@ def _end_demo_session(settings: Settings, client_id: str, *, own: bool) -> None:
         )
 
 
+def demo_simulator(me: list[str], args: argparse.Namespace) -> list[str]:
+    """The demo's simulator command: the city at ``--rate``, with a few broken messages.
+
+    Malformed messages at ``--malformed-ratio`` give the operator view dead letters to look at
+    (and to replay nothing from: they stay refused), as a real fleet's firmware bugs do.
+    """
+    return [
+        *me,
+        "simulate",
+        "--rate",
+        str(args.rate),
+        "--speedup",
+        str(args.speedup),
+        "--malformed-ratio",
+        str(args.malformed_ratio),
+    ]
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     log.info("step 1 of 3: migrating the database")
     _migrate(settings, args)
@@ -392,9 +410,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     processes = {
         "ingest": subprocess.Popen([*me, "ingest"], env=env),  # noqa: S603
         "api": subprocess.Popen([*me, "api"], env=env),  # noqa: S603
-        "simulate": subprocess.Popen(  # noqa: S603
-            [*me, "simulate", "--rate", str(args.rate), "--speedup", str(args.speedup)], env=env
-        ),
+        "simulate": subprocess.Popen(demo_simulator(me, args), env=env),  # noqa: S603
     }
     base = f"http://{settings.api_host}:{settings.api_port}"
     auth = f'-H "Authorization: Bearer {key}"'
@@ -646,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--rate", type=float, default=300, help="simulated messages per second")
     demo.add_argument("--speedup", type=float, default=60, help="simulated seconds per second")
+    demo.add_argument(
+        "--malformed-ratio",
+        type=float,
+        default=0.001,
+        help="share of malformed messages, so that dead letters show (default: %(default)s)",
+    )
     return parser
 
 

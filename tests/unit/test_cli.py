@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -118,3 +119,18 @@ def test_fleet_generate_needs_a_path_and_never_overwrites_without_force(tmp_path
     assert forced.returncode == 0, forced.stderr
     written = json.loads(out.read_text(encoding="utf-8"))
     assert len(written["features"]) == 4
+
+
+def test_the_demo_simulates_a_few_malformed_messages() -> None:
+    """The demo's simulator sends broken messages at a low rate: the operator view has letters."""
+    from citytel.cli import build_parser, demo_simulator
+    from simulators.cli import add_arguments
+
+    demo = build_parser().parse_args(["demo"])
+    command = demo_simulator(["citytel"], demo)
+    assert command[:2] == ["citytel", "simulate"]
+    simulate = argparse.ArgumentParser()
+    add_arguments(simulate)
+    simulated = simulate.parse_args(command[2:])
+    assert 0 < simulated.malformed_ratio <= 0.01
+    assert simulated.rate == demo.rate
