@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -181,6 +182,18 @@ def _cycle_integral(h0: float, h1: float, swing: float, peak: float) -> float:
     )
 
 
+# One sensor in this many starts with a battery near its end, as in a real fleet some always
+# are: the attention list (GET /v1/devices/attention) then has something to show. Chosen from
+# the id, not the random stream, so every other simulated value stays as it was.
+_LOW_BATTERY_ONE_IN = 50
+
+
+def _starting_battery(device_id: str, drawn: float) -> float:
+    """``drawn``, or for about one device in _LOW_BATTERY_ONE_IN a level of 8 to 17 %."""
+    mark = zlib.crc32(device_id.encode())
+    return 8.0 + mark % 10 if mark % _LOW_BATTERY_ONE_IN == 0 else drawn
+
+
 @dataclass(slots=True)
 class ContainerModel:
     """A container's true fill (above 100 when overflowing), battery and collection rounds."""
@@ -209,7 +222,7 @@ class ContainerModel:
             daily_pct=daily * rng.uniform(0.7, 1.3),
             rounds=collection_hours(container.zone),
             round_delay_h=rng.uniform(0, 1.5),
-            battery=rng.uniform(55, 100),
+            battery=_starting_battery(container.id, rng.uniform(55, 100)),
             drain_per_h=rng.uniform(0.3, 1.0) / 24,
             at=at,
         )
@@ -270,7 +283,7 @@ class SpotModel:
             occupied=False,
             use=_CATEGORY_USE.get(spot.category, 1.0) * rng.uniform(0.85, 1.1),
             stay_h=_STAY_H[pattern] * _CATEGORY_STAY.get(spot.category, 1.0),
-            battery=rng.uniform(60, 100),
+            battery=_starting_battery(spot.id, rng.uniform(60, 100)),
             change_at=at,
             pattern=pattern,
         )

@@ -242,3 +242,12 @@ def test_parking_follows_the_week_of_its_kind_of_zone() -> None:
     assert sunday > weekday + 0.1
     _, weekday, sunday = occupied_share("ain-sebaa", moments)
     assert weekday > sunday + 0.5
+
+
+def test_a_few_sensors_run_low_on_battery(fleet: Fleet) -> None:
+    """About one sensor in fifty starts under 20 %, so the attention list has something to show."""
+    truth = ground_truth(take(fleet, StreamConfig(), 5000))
+    batteries = [getattr(r, "battery_pct", None) for r in truth.latest.values()]
+    reported = [b for b in batteries if b is not None]
+    low = sum(b < 20 for b in reported)
+    assert 1 <= low <= len(reported) // 10, (low, len(reported))
