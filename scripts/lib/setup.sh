@@ -134,7 +134,7 @@ free_port_from() {
 # start_broker MOSQUITTO ROOT PORT: citytel's Mosquitto with deploy/mosquitto.conf on PORT, its
 # queue and log under ROOT/var/mosquitto. A developer's local broker only: listening on 127.0.0.1
 # and open to anonymous clients there, without the password and ACL files that
-# `citytel gateways` writes for a real deployment.
+# `citytel gateways` writes for a real deployment. Returns 2 when PORT was taken meanwhile.
 start_broker() {
   local mosquitto=$1 root=$2 port=$3
   mkdir -p "$root/var/mosquitto"
@@ -144,8 +144,15 @@ start_broker() {
       -e '/^user /d' -e '/^log_dest /d' "$root/deploy/mosquitto.conf" > "$root/var/mosquitto.conf"
   printf 'user %s\nlog_dest file %s/var/mosquitto/mosquitto.log\npid_file %s/var/mosquitto/mosquitto.pid\n' \
     "$(id -un)" "$root" "$root" >> "$root/var/mosquitto.conf"
+  rm -f "$root/var/mosquitto/mosquitto.log"
   "$mosquitto" -d -c "$root/var/mosquitto.conf"
-  for _ in $(seq 50); do listening "$port" && return 0; sleep 0.2; done
+  for _ in $(seq 50); do
+    listening "$port" && return 0
+    # Taken between the check and the bind (by any socket, not only a listener): say so, so
+    # that the caller can try the next port.
+    grep -qs "Address already in use" "$root/var/mosquitto/mosquitto.log" && return 2
+    sleep 0.2
+  done
   fail "Mosquitto did not start on port $port: see $root/var/mosquitto/mosquitto.log"
 }
 
@@ -162,13 +169,20 @@ ensure_broker() {
     if [ -n "$own" ] && [ "$own" != "$port" ] && listening "$own" && runs_citytel_config "$own"; then
       port=$own
     else
-      port=$(free_port_from $((port + 1)))
-      start_broker "$mosquitto" "$root" "$port"
+      local started=1
+      for _ in $(seq 20); do
+        port=$(free_port_from $((port + 1)))
+        started=0
+        start_broker "$mosquitto" "$root" "$port" || started=$?
+        [ "$started" -eq 2 ] || break
+      done
+      [ "$started" -eq 0 ] || fail "Mosquitto found no free port after $port: see $root/var/mosquitto/mosquitto.log"
     fi
     say "citytel's own broker (deploy/mosquitto.conf) runs on port $port instead; the demo uses it (CITYTEL_MQTT_URL=mqtt://127.0.0.1:$port)"
   elif ! listening "$port"; then
     say "starting Mosquitto on port $port with deploy/mosquitto.conf"
-    start_broker "$mosquitto" "$root" "$port"
+    start_broker "$mosquitto" "$root" "$port" ||
+      fail "port $port was taken while Mosquitto started; run the set-up again"
   fi
   mkdir -p "$root/var"
   printf 'mqtt://127.0.0.1:%s\n' "$port" > "$root/var/mqtt-url"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -129,3 +130,40 @@ def test_a_foreign_broker_is_not_used_and_citytels_own_runs_beside_it(tmp_path: 
             time.sleep(0.1)
         if pid_file.exists():
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+
+
+def test_a_port_taken_while_citytels_broker_starts_moves_it_to_the_next(tmp_path: Path) -> None:
+    """The next port held by a socket that does not listen (seen under parallel tests): skipped."""
+    port = free_port()
+    while any(probe_in_use(p) for p in (port + 1, port + 2, port + 3)):
+        port = free_port()
+    foreign_conf = tmp_path / "stock.conf"
+    foreign_conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    foreign = subprocess.Popen([MOSQUITTO, "-c", str(foreign_conf)], stderr=subprocess.DEVNULL)
+    root = tmp_path / "checkout"
+    (root / "deploy").mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "mosquitto.conf", root / "deploy" / "mosquitto.conf")
+    # Bound, not listening: the set-up's own check cannot see it; only binding fails.
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port + 1))
+    try:
+        wait_for_port(port)
+        done = setup_sh(f'ensure_broker "{MOSQUITTO}" "{root}" {port}; echo "port $MQTT_PORT"')
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().endswith(f"port {port + 2}")
+    finally:
+        blocker.close()
+        foreign.terminate()
+        foreign.wait(timeout=10)
+        pid_file = root / "var" / "mosquitto" / "mosquitto.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+
+
+def probe_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
