@@ -97,9 +97,12 @@ def test_a_port_nobody_listens_on_has_no_broker_configuration() -> None:
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "[]", "")
 
 
-def test_a_foreign_broker_is_not_used_and_citytels_own_runs_beside_it(tmp_path: Path) -> None:
-    """A broker without citytel's configuration on the port: the demo gets its own broker."""
-    port = free_port()
+@contextmanager
+def beside_a_foreign_broker(tmp_path: Path, port: int) -> Iterator[tuple[Path, Path]]:
+    """A stock Mosquitto on ``port``, and a checkout to set up: (its config, the checkout).
+
+    Stops both brokers on the way out: the foreign one and citytel's own, if one started.
+    """
     foreign_conf = tmp_path / "stock.conf"
     foreign_conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     foreign = subprocess.Popen([MOSQUITTO, "-c", str(foreign_conf)], stderr=subprocess.DEVNULL)
@@ -108,6 +111,24 @@ def test_a_foreign_broker_is_not_used_and_citytels_own_runs_beside_it(tmp_path: 
     shutil.copy(REPO / "deploy" / "mosquitto.conf", root / "deploy" / "mosquitto.conf")
     try:
         wait_for_port(port)
+        yield foreign_conf, root
+    finally:
+        foreign.terminate()
+        foreign.wait(timeout=10)
+        pid_file = root / "var" / "mosquitto" / "mosquitto.pid"
+        deadline = time.monotonic() + 5
+        while (root / "var" / "mqtt-url").exists() and not pid_file.exists():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+
+
+def test_a_foreign_broker_is_not_used_and_citytels_own_runs_beside_it(tmp_path: Path) -> None:
+    """A broker without citytel's configuration on the port: the demo gets its own broker."""
+    port = free_port()
+    with beside_a_foreign_broker(tmp_path, port) as (foreign_conf, root):
         done = setup_sh(f'ensure_broker "{MOSQUITTO}" "{root}" {port}; echo "port $MQTT_PORT"')
         assert done.returncode == 0, done.stderr
         assert f"port {port} is held by a broker that does not run citytel's" in done.stdout
@@ -121,46 +142,22 @@ def test_a_foreign_broker_is_not_used_and_citytels_own_runs_beside_it(tmp_path: 
         assert setup_sh(f"runs_citytel_config {port}").returncode == 1
         again = setup_sh(f'ensure_broker "{MOSQUITTO}" "{root}" {port}; echo "port $MQTT_PORT"')
         assert again.stdout.strip().endswith(f"port {own}"), "a second run reuses citytel's broker"
-    finally:
-        foreign.terminate()
-        foreign.wait(timeout=10)
-        pid_file = root / "var" / "mosquitto" / "mosquitto.pid"
-        deadline = time.monotonic() + 5
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
 
 
 def test_a_port_taken_while_citytels_broker_starts_moves_it_to_the_next(tmp_path: Path) -> None:
     """The next port held by a socket that does not listen (seen under parallel tests): skipped."""
     port = free_port()
-    while any(probe_in_use(p) for p in (port + 1, port + 2, port + 3)):
+    while any(_in_use(p) for p in (port + 1, port + 2, port + 3)):
         port = free_port()
-    foreign_conf = tmp_path / "stock.conf"
-    foreign_conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    foreign = subprocess.Popen([MOSQUITTO, "-c", str(foreign_conf)], stderr=subprocess.DEVNULL)
-    root = tmp_path / "checkout"
-    (root / "deploy").mkdir(parents=True)
-    shutil.copy(REPO / "deploy" / "mosquitto.conf", root / "deploy" / "mosquitto.conf")
     # Bound, not listening: the set-up's own check cannot see it; only binding fails.
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", port + 1))
-    try:
-        wait_for_port(port)
+    with socket.socket() as blocker, beside_a_foreign_broker(tmp_path, port) as (_, root):
+        blocker.bind(("127.0.0.1", port + 1))
         done = setup_sh(f'ensure_broker "{MOSQUITTO}" "{root}" {port}; echo "port $MQTT_PORT"')
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().endswith(f"port {port + 2}")
-    finally:
-        blocker.close()
-        foreign.terminate()
-        foreign.wait(timeout=10)
-        pid_file = root / "var" / "mosquitto" / "mosquitto.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
 
 
-def probe_in_use(port: int) -> bool:
+def _in_use(port: int) -> bool:
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
