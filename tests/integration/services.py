@@ -6,6 +6,7 @@ import contextlib
 import getpass
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -26,12 +27,27 @@ from citytel.storage.migrate import migrate
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port the kernel gives out for port 0
+# is also what it gives every outgoing connection a local end from, so under parallel test
+# workers one of their connections could take it between this check and the server's bind.
+_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody holds right now, out of the range outgoing connections draw from."""
+    for _ in range(200):
+        # secrets, not random: hypothesis seeds the random module the same in every worker.
+        port = _PORTS[secrets.randbelow(len(_PORTS))]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def wait_for_port(port: int, within: float = 10.0) -> None:

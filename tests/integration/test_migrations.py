@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -9,8 +11,8 @@ import psycopg
 import pytest
 
 from citytel.config import Settings
-from citytel.errors import ConfigurationError
-from citytel.storage.migrate import migrate
+from citytel.errors import ConfigurationError, StorageError
+from citytel.storage.migrate import _LOCK_KEY, MigrationReport, migrate
 from tests.integration.services import drop_database, with_database
 
 pytestmark = pytest.mark.integration
@@ -183,3 +185,55 @@ def test_edited_applied_migration_is_refused(empty_database: str) -> None:
         conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = '0001'")
     with pytest.raises(ConfigurationError, match="was changed after it was applied"):
         migrate(Settings(), database_url=empty_database)
+
+
+def test_a_run_whose_connection_is_lost_runs_again(empty_database: str, settings: Settings) -> None:
+    """A migration's server process ended under it (once seen: a crash in TimescaleDB) is rerun.
+
+    The run waits on the migration lock, held here; its backend is then terminated, as a crash
+    would end it. It reconnects, waits again, and completes once the lock is released.
+    """
+    done: list[object] = []
+    with psycopg.connect(empty_database, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        runner = threading.Thread(
+            target=lambda: done.append(_outcome(settings, empty_database)), daemon=True
+        )
+        runner.start()
+        waiting = _waiting_backend(holder, runner)
+        holder.execute("SELECT pg_terminate_backend(%s)", (waiting,))
+        # The rerun waits on the lock again, from a new backend.
+        again = _waiting_backend(holder, runner, other_than=waiting)
+        assert again != waiting
+        holder.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert isinstance(done[0], MigrationReport), done[0]
+    assert schema(empty_database) == EXPECTED_COLUMNS
+
+
+def _outcome(settings: Settings, url: str) -> object:
+    try:
+        return migrate(settings, database_url=url)
+    except StorageError as exc:
+        return exc
+
+
+def _waiting_backend(
+    holder: psycopg.Connection[tuple[object, ...]],
+    runner: threading.Thread,
+    other_than: int | None = None,
+) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and runner.is_alive():
+        row = holder.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND pid <> coalesce(%s, 0)",
+            (other_than,),
+        ).fetchone()
+        if row is not None:
+            pid: int = row[0]  # type: ignore[assignment]
+            return pid
+        time.sleep(0.05)
+    message = "the migration never waited on its lock"
+    raise AssertionError(message)

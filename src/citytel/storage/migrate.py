@@ -285,30 +285,44 @@ def migrate(settings: Settings, *, database_url: str | None = None) -> Migration
         ConfigurationError: a recorded migration's file has changed since it was applied.
     """
     url = database_url or settings.database_url.get_secret_value()
-    try:
-        conn = psycopg.connect(url, autocommit=True)
-    except psycopg.OperationalError as exc:
-        message = f"cannot connect to the database to migrate it: {exc}"
-        raise StorageError(message) from exc
-    with conn:
-        attempt = 1
-        while True:
+    attempt = 1
+    while True:
+        try:
+            conn = _connect(url, patient=attempt > 1)
+        except psycopg.OperationalError as exc:
+            message = f"cannot connect to the database to migrate it: {exc}"
+            raise StorageError(message) from exc
+        with conn:
             try:
                 return _migrate(conn, settings)
             except psycopg.Error as exc:
-                if attempt == _ATTEMPTS or not _raced_a_job(exc):
+                if attempt == _ATTEMPTS or not (_raced_a_job(exc) or conn.closed):
                     message = f"migration failed: {exc}"
                     raise StorageError(message) from exc
-                log.warning("migration raced a TimescaleDB job (%s); running it again", exc)
-            time.sleep(0.2 * attempt)
-            attempt += 1
+                log.warning("migration interrupted (%s); running it again", exc)
+        time.sleep(0.2 * attempt)
+        attempt += 1
+
+
+def _connect(url: str, *, patient: bool) -> psycopg.Connection[tuple[object, ...]]:
+    # Patient after an interrupted run: a server that crashed is in recovery for a moment.
+    deadline = time.monotonic() + (30 if patient else 0)
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _raced_a_job(exc: psycopg.Error) -> bool:
     # TimescaleDB's scheduler may be running a policy job (one 0003 has just created, say) while
     # a later statement drops or alters that job; its catalog row then fails to update with
-    # "tuple concurrently updated" or "... deleted", an internal error, instead of waiting.
-    # Every step of a run can be repeated, so the run is.
+    # "tuple concurrently updated" or "... deleted", an internal error, instead of waiting. On
+    # TimescaleDB 2.28.3 with PostgreSQL 15 the same race was once seen to crash the server
+    # process instead (a segfault in the extension; the connection closes). Every step of a
+    # run can be repeated, so the run is, on a new connection.
     return exc.sqlstate == "XX000" and "concurrently" in str(exc)
 
 
