@@ -50,6 +50,20 @@ from bench.services import REPO, Services
 
 log = logging.getLogger("bench")
 
+# Every scenario, in the order a run takes them.
+SCENARIOS = (
+    "drain",
+    "jetstream",
+    "batched",
+    "steady",
+    "api",
+    "profile",
+    "history",
+    "push",
+    "forecast",
+    "storage",
+)
+
 CONTAINERS = 20_000
 SPOTS = 50_000
 
@@ -67,18 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[
-            "drain",
-            "jetstream",
-            "batched",
-            "steady",
-            "api",
-            "profile",
-            "history",
-            "push",
-            "forecast",
-            "storage",
-        ],
+        choices=SCENARIOS,
         help="run only these scenarios (repeatable)",
     )
     parser.add_argument(
@@ -175,21 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     count = args.messages or (20_000 if args.quick else 200_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
     api_s = args.api_seconds or (5.0 if args.quick else 20.0)
-    only = set(
-        args.only
-        or [
-            "drain",
-            "jetstream",
-            "batched",
-            "steady",
-            "api",
-            "profile",
-            "history",
-            "push",
-            "forecast",
-            "storage",
-        ]
-    )
+    only = set(args.only or SCENARIOS)
     batched_readings = args.batched_readings or (200_000 if args.quick else 1_000_000)
     steady_count = int(args.rate * steady_s) if "steady" in only else 0
     push_rate = args.push_rate or (1000.0 if args.quick else 5000.0)
