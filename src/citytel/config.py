@@ -151,9 +151,11 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(default=1.0, ge=0, le=5)
     api_key_touch_s: float = Field(default=60.0, ge=0)
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    # Collection rounds planned at once per API process (more get a 429), and how long an
-    # identical request is answered with the plan already made (src/citytel/api/planning.py).
+    # Collection rounds planned at once per API process, how many more may wait their turn
+    # (beyond them a 429), and how long an identical request is answered with the plan already
+    # made (src/citytel/api/planning.py).
     api_planning_concurrency: int = Field(default=1, ge=1, le=64)
+    api_planning_queue: int = Field(default=32, ge=0, le=10_000)
     api_planning_cache_s: float = Field(default=5.0, ge=0, le=300)
     # The container list's answers are sent again for this long to identical requests
     # (src/citytel/api/answers.py); 0 asks the database every time.

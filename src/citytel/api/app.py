@@ -37,7 +37,7 @@ from citytel.api.routes import (
     zones,
 )
 from citytel.api.routes.console import mount_console
-from citytel.api.schemas import CollectionRound, Problem
+from citytel.api.schemas import Problem
 from citytel.config import Settings, get_settings
 from citytel.errors import (
     ConflictError,
@@ -51,7 +51,6 @@ from citytel.errors import (
 )
 from citytel.ingest.pipeline import Decoders, sleep_unless
 from citytel.storage.pool import wait_for_pool
-from citytel.storage.queries import Candidates
 from citytel.storage.replica import ReadReplica
 
 log = logging.getLogger(__name__)
@@ -219,11 +218,11 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     app.state.decoders = Decoders.from_settings(settings)
     app.state.key_checker = KeyChecker(settings)
     app.state.container_answers = AnswerCache[bytes](settings.api_containers_cache_s)
-    # The fleet's state a round is planned from, kept as long as a plan: rounds asked with
-    # different thresholds share one read of the city's containers.
-    app.state.round_candidates = AnswerCache[Candidates](settings.api_planning_cache_s)
-    app.state.planning = PlanningGate[CollectionRound](
-        settings.api_planning_concurrency, settings.api_planning_cache_s
+    # Rounds are planned whole (read, sorted out, ordered, encoded) in its worker processes.
+    app.state.planning = PlanningGate[bytes](
+        settings.api_planning_concurrency,
+        settings.api_planning_cache_s,
+        settings.api_planning_queue,
     )
     # Read routes and the live parking view read from a replica while it keeps up; everything
     # else (writes, replay, provisioning, keys, the change feed) uses the primary's pool.

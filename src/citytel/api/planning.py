@@ -1,16 +1,19 @@
 """A bound on expensive work, so that heavy routes cannot starve light ones.
 
-Planning a collection round takes a few tenths of a second of CPU in a thread that shares the
-interpreter with the event loop: eight clients looping on it cut free-spot searches twentyfold.
-So each API process plans at most ``CITYTEL_API_PLANNING_CONCURRENCY`` rounds at a time and
-refuses the next with a 429 and ``Retry-After`` rather than queueing it without end (a client
-that waits a second and retries costs nothing meanwhile). Identical requests within
-``CITYTEL_API_PLANNING_CACHE_S`` get the plan already made, without a slot: a dispatch screen
-polled by many trucks costs one plan per window.
+Planning a collection round reads a city's containers, sorts out the due ones and orders up to
+200 stops: a few tenths of a second of CPU. Eight clients looping on it in the API process cut
+free-spot searches twentyfold. So:
 
-The ordering itself (2-opt on up to 200 stops, the CPU-heavy part) runs in worker processes of
-the gate's own, one per slot: in a thread it would hold the interpreter's lock in turns with
-the event loop, and every light request would wait for it at each turn.
+- a round is planned whole in a worker process of the gate's own (api/round_planner.py), started
+  at a lower CPU priority (``nice`` +10) than the API: the light routes' process keeps its core,
+  and the planning takes what is left;
+- each API process plans at most ``CITYTEL_API_PLANNING_CONCURRENCY`` rounds at a time; up to
+  ``CITYTEL_API_PLANNING_QUEUE`` more wait their turn, each at most ``QUEUE_WAIT_S``, and beyond
+  that a request is refused at once with a 429 and ``Retry-After``: waiting costs nothing, while
+  a client refused at once and retrying at once costs a request each time;
+- identical requests within ``CITYTEL_API_PLANNING_CACHE_S`` get the plan already made (or the
+  one being made), without a slot: a dispatch screen polled by many trucks costs one plan per
+  window.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import time
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
+from citytel.api.answers import AnswerCache
 from citytel.errors import SaturatedError
 
 log = logging.getLogger(__name__)
@@ -34,18 +38,29 @@ R = TypeVar("R")
 
 # Enough for a plan of 200 stops on one core; a client retrying sooner would be refused again.
 RETRY_AFTER_S = 1
-# Plans kept at most, so that many distinct requests cannot grow the cache without end.
-MAX_CACHED = 256
+# The longest a request waits in the queue for a slot before it is refused.
+QUEUE_WAIT_S = 10.0
+# How much less CPU priority planning workers take than the API process (nice(2) increment).
+WORKER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """In each worker process, at its start: yield the CPU to the API process."""
+    os.nice(WORKER_NICENESS)
 
 
 class PlanningGate(Generic[T]):
-    """At most ``concurrency`` plans at a time, and identical ones answered from a short cache."""
+    """At most ``concurrency`` plans at a time, ``queue`` more waiting, and identical ones
+    answered from a short cache."""
 
-    def __init__(self, concurrency: int, cache_s: float) -> None:
+    def __init__(self, concurrency: int, cache_s: float, queue: int = 0) -> None:
         self.concurrency = concurrency
         self.cache_s = cache_s
-        self._busy = 0
-        self._cache: dict[Hashable, tuple[float, T]] = {}
+        self.queue = queue
+        self._slots = asyncio.Semaphore(concurrency)
+        self.waiting = 0
+        """Requests waiting in the queue for a slot now."""
+        self._answers = AnswerCache[T](cache_s)
         self._workers: ProcessPoolExecutor | None = None
         # Pools replaced after a worker died: a count for the log reader and the tests.
         self.replaced_pools = 0
@@ -76,7 +91,9 @@ class PlanningGate(Generic[T]):
         if self._workers is None:
             # spawn, not fork: the API process has threads (asyncpg, the plan's filtering).
             context = multiprocessing.get_context("spawn")
-            self._workers = ProcessPoolExecutor(self.concurrency, mp_context=context)
+            self._workers = ProcessPoolExecutor(
+                self.concurrency, mp_context=context, initializer=_lower_priority
+            )
         return self._workers
 
     def close(self) -> None:
@@ -87,35 +104,33 @@ class PlanningGate(Generic[T]):
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the planning slots, or raise at once when all are taken.
+        """Hold one of the planning slots, waiting in the queue for one while it has room.
 
         Raises:
-            SaturatedError: every slot is busy.
+            SaturatedError: every slot is busy and the queue is full, or the wait was too long.
         """
-        if self._busy >= self.concurrency:
+        if self._slots.locked() and self.waiting >= self.queue:
             message = "collection rounds are being planned at capacity; retry in a second"
             raise SaturatedError(message, retry_after_s=RETRY_AFTER_S)
-        self._busy += 1
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(QUEUE_WAIT_S):
+                await self._slots.acquire()
+        except TimeoutError:
+            message = "collection rounds are being planned at capacity; retry in a second"
+            raise SaturatedError(message, retry_after_s=RETRY_AFTER_S) from None
+        finally:
+            self.waiting -= 1
         try:
             yield
         finally:
-            self._busy -= 1
+            self._slots.release()
 
     async def plan(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
         """The plan for ``key``: from the cache while fresh, else made in a slot and cached."""
-        now = time.monotonic()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        async with self.slot():
-            made = await make()
-        if self.cache_s > 0:
-            self._forget_expired(time.monotonic())
-            if len(self._cache) >= MAX_CACHED:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = (time.monotonic() + self.cache_s, made)
-        return made
 
-    def _forget_expired(self, now: float) -> None:
-        for key in [k for k, (expires, _) in self._cache.items() if expires <= now]:
-            del self._cache[key]
+        async def in_slot() -> T:
+            async with self.slot():
+                return await make()
+
+        return await self._answers.answer(key, in_slot)

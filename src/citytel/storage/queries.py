@@ -561,21 +561,6 @@ async def list_containers(
     return rows, int(total)
 
 
-Candidates = tuple[list[asyncpg.Record], datetime]
-"""The containers a round may visit, and the database's time they were read at."""
-
-
-async def collection_candidates(
-    pool: asyncpg.Pool, *, zone: str | None, bbox: BBox | None
-) -> Candidates:
-    """Containers with a fill level, in ``zone`` and ``bbox`` when given; and the database's now."""
-    box = (bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat) if bbox else (None,) * 4
-    async with connection(pool) as conn:
-        rows = await conn.fetch(COLLECTION_CANDIDATES, zone, *box)
-        now: datetime = await conn.fetchval("SELECT now()")
-    return rows, now
-
-
 async def devices_needing_attention(
     pool: asyncpg.Pool,
     *,

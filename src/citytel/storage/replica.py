@@ -110,6 +110,12 @@ class ReadReplica:
             return self._replica
         return self._primary()
 
+    def url(self) -> str:
+        """The URL of the database :meth:`pool` reads from now (for a reader of its own)."""
+        if self.in_use and self._settings.database_read_url is not None:
+            return self._settings.database_read_url.get_secret_value()
+        return self._settings.database_url.get_secret_value()
+
     async def check(self) -> ReplicaState:
         """Measure the lag once and choose where reads go; the new state."""
         if not self.configured:

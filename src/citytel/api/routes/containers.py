@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -43,6 +44,8 @@ BBoxQuery = Annotated[
     ),
 ]
 DEFAULT_RANGE = timedelta(hours=24)
+# A container's row as asyncpg gives it to the routes, or psycopg to the planning worker.
+ContainerRow = asyncpg.Record | Mapping[str, Any]
 
 FromQuery = Annotated[
     datetime | None, Query(alias="from", description="start, inclusive (default: to - 24 h)")
@@ -50,7 +53,7 @@ FromQuery = Annotated[
 ToQuery = Annotated[datetime | None, Query(alias="to", description="end, exclusive (default: now)")]
 
 
-def fill_state(row: asyncpg.Record) -> FillCycle:
+def fill_state(row: ContainerRow) -> FillCycle:
     """The fill cycle of a container row."""
     return FillCycle(
         ts=row["measured_at"],
@@ -61,7 +64,7 @@ def fill_state(row: asyncpg.Record) -> FillCycle:
     )
 
 
-def container_item(row: asyncpg.Record) -> dict[str, Any]:
+def container_item(row: ContainerRow) -> dict[str, Any]:
     """The public shape of a container row (:class:`ContainerPublic`), as plain values.
 
     The dispatch list serializes a hundred of these straight to JSON: building and validating
@@ -86,7 +89,7 @@ def container_item(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def container_public(row: asyncpg.Record) -> ContainerPublic:
+def container_public(row: ContainerRow) -> ContainerPublic:
     """The public shape of a container row."""
     return ContainerPublic.model_validate(container_item(row))
 
